@@ -1,0 +1,21 @@
+//! Stream positions as recorded in the tables: what a reader catches up from on start.
+
+use ganglion_core::StreamKind;
+
+use crate::{Result, Store};
+
+impl Store {
+    /// The highest position written to a stream's table (0 if none). Streams kept only in
+    /// memory (typing, presence) and streams without a table yet start at 0.
+    pub async fn select_stream_max(&self, kind: StreamKind) -> Result<i64> {
+        let sql = match kind {
+            StreamKind::Events => "SELECT MAX(stream_ordering) FROM events",
+            StreamKind::Receipts => "SELECT MAX(stream_id) FROM receipts",
+            StreamKind::AccountData => "SELECT MAX(stream_id) FROM account_data",
+            StreamKind::ToDevice => "SELECT MAX(stream_id) FROM to_device",
+            StreamKind::Typing | StreamKind::DeviceLists | StreamKind::Presence | StreamKind::PushRules => return Ok(0),
+        };
+        let (n,): (Option<i64>,) = sqlx::query_as(sql).fetch_one(self.reader()).await?;
+        Ok(n.unwrap_or(0))
+    }
+}
