@@ -1,0 +1,150 @@
+//! rooms: building, authorising and persisting events; room state; the stream writers.
+//!
+//! Depends on `core`, `storage` and `bus`. Knows nothing of HTTP. Every local event goes
+//! through [`Rooms::send`]: built and signed here, checked against the auth rules
+//! (ruma-state-res), persisted by main's single [`persister::Persister`].
+
+pub mod builder;
+mod create_room;
+pub mod format;
+pub mod keys;
+mod membership;
+pub mod reads;
+pub mod persister;
+mod send;
+pub mod streams;
+pub mod typing;
+mod visibility;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+};
+
+use ganglion_core::{Error, ErrorKind, Pdu, Result};
+use ganglion_storage::{Store, events::EventRow};
+use ruma::{OwnedServerName, RoomVersionId, room_version_rules::RoomVersionRules};
+
+pub use builder::EventTemplate;
+pub use create_room::{CreateRoomSpec, Preset};
+pub use keys::ServerKey;
+pub use persister::Persister;
+pub use send::{SendOutcome, SendRequest};
+
+/// Maps a storage failure to a client-visible error (503 when the database is away).
+pub fn storage_error(e: ganglion_storage::Error) -> Error {
+    match e {
+        ganglion_storage::Error::NotFound => Error::not_found("not found"),
+        ganglion_storage::Error::Unavailable(m) => Error::new(ErrorKind::Unavailable, m),
+        other => Error::internal(other.to_string()),
+    }
+}
+
+/// The rooms service. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Rooms {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    persister: Persister,
+    key: Arc<ServerKey>,
+    server_name: OwnedServerName,
+    default_version: RoomVersionId,
+    locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl Rooms {
+    /// The service over its dependencies.
+    pub fn new(
+        store: Store,
+        persister: Persister,
+        key: Arc<ServerKey>,
+        server_name: OwnedServerName,
+        default_version: RoomVersionId,
+    ) -> Rooms {
+        Rooms {
+            inner: Arc::new(Inner { store, persister, key, server_name, default_version, locks: Default::default() }),
+        }
+    }
+
+    /// The server name.
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.inner.server_name
+    }
+
+    /// The store (for read paths of sibling services).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The last committed events-stream position.
+    pub fn events_position(&self) -> ganglion_core::StreamPos {
+        self.inner.persister.position()
+    }
+
+    /// Serialises writers of one room: building an event needs the state the previous
+    /// event left, so one room's events are built and persisted one at a time.
+    async fn lock_room(&self, room_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+            match locks.get(room_id).and_then(Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    if locks.len() > 10_000 {
+                        locks.retain(|_, w| w.strong_count() > 0);
+                    }
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(room_id.to_owned(), Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+
+    /// The version and rules of a known room; `M_NOT_FOUND` otherwise.
+    pub async fn room_version(&self, room_id: &str) -> Result<(RoomVersionId, RoomVersionRules)> {
+        let room = self
+            .inner
+            .store
+            .select_room(room_id)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
+        let version = RoomVersionId::try_from(room.version.as_str()).map_err(|e| Error::internal(e.to_string()))?;
+        let rules = version.rules().ok_or_else(|| Error::internal("stored room has an unsupported version"))?;
+        Ok((version, rules))
+    }
+
+    /// Loads a PDU by id.
+    pub async fn load_pdu(&self, event_id: &str) -> Result<Option<Arc<Pdu>>> {
+        let Some(row) = self.inner.store.select_event(event_id).await.map_err(storage_error)? else {
+            return Ok(None);
+        };
+        pdu_from_row(&row).map(|p| Some(Arc::new(p)))
+    }
+
+    /// Loads PDUs by id (unknown ids skipped).
+    pub async fn load_pdus(&self, ids: &[String]) -> Result<HashMap<String, Arc<Pdu>>> {
+        let rows = self.inner.store.select_events(ids).await.map_err(storage_error)?;
+        rows.iter().map(|r| Ok((r.event_id.clone(), Arc::new(pdu_from_row(r)?)))).collect()
+    }
+
+    /// The content of a current state event, if set.
+    pub async fn current_state_content(&self, room_id: &str, kind: &str, state_key: &str) -> Result<Option<serde_json::Value>> {
+        let Some(id) = self.inner.store.select_current_state_event(room_id, kind, state_key).await.map_err(storage_error)? else {
+            return Ok(None);
+        };
+        Ok(self.load_pdu(&id).await?.and_then(|p| p.content_as::<serde_json::Value>()))
+    }
+}
+
+/// Parses a stored row into a PDU.
+pub fn pdu_from_row(row: &EventRow) -> Result<Pdu> {
+    let event_id = row.event_id.as_str().try_into().map_err(|_| Error::internal("stored event id is invalid"))?;
+    let room_id = row.room_id.as_str().try_into().map_err(|_| Error::internal("stored room id is invalid"))?;
+    Pdu::from_json(row.json.as_str().into(), Some(event_id), Some(room_id)).map_err(|e| Error::internal(e.to_string()))
+}

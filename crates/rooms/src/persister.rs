@@ -1,0 +1,152 @@
+//! Main's event persister: the single writer of the events stream (ARCHITECTURE §5).
+//!
+//! Callers hand over one prepared event each and await its position. The persister task
+//! takes whatever is queued (up to [`MAX_BATCH`]) and writes it in one transaction, so
+//! the commit rate is not the per-event fsync rate. Callers hold their room's lock while
+//! they wait, so events of one room are persisted in order and never share a batch out
+//! of order. Positions are allocated here, in commit order; after each commit the
+//! persister announces the new position on the bus.
+
+use ganglion_bus::{Bus, Entry, Row};
+use ganglion_core::{Error, StreamKind, StreamPos};
+use ganglion_storage::{
+    Store,
+    events::{NewEvent, Persisted},
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Events written in one transaction at most.
+pub const MAX_BATCH: usize = 200;
+
+/// Queue bound. When full, senders wait for room (backpressure on clients), never drop.
+pub const QUEUE_DEPTH: usize = 4096;
+
+struct Job {
+    event: NewEvent,
+    reply: oneshot::Sender<Result<Persisted, Error>>,
+}
+
+/// Handle to the persister task. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Persister {
+    tx: mpsc::Sender<Job>,
+    position: watch::Receiver<StreamPos>,
+}
+
+impl Persister {
+    /// Starts the persister task; it runs until `shutdown` fires and its queue is drained.
+    pub async fn start(store: Store, bus: Bus, shutdown: CancellationToken) -> Result<(Persister, tokio::task::JoinHandle<()>), Error> {
+        let next_ordering = store.select_max_stream_ordering().await.map_err(crate::storage_error)? + 1;
+        let next_group = store.select_max_state_group().await.map_err(crate::storage_error)? + 1;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (pos_tx, position) = watch::channel(StreamPos(next_ordering - 1));
+        let task = Task { store, bus, rx, next_ordering, next_group, pos_tx };
+        let handle = tokio::spawn(task.run(shutdown));
+        Ok((Persister { tx, position }, handle))
+    }
+
+    /// Persists one event; resolves once it is committed (and announced).
+    pub async fn persist(&self, event: NewEvent) -> Result<Persisted, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { event, reply })
+            .await
+            .map_err(|_| Error::new(ganglion_core::ErrorKind::Unavailable, "server is shutting down"))?;
+        rx.await.map_err(|_| Error::internal("persister dropped the event"))?
+    }
+
+    /// The last committed position of the events stream.
+    pub fn position(&self) -> StreamPos {
+        *self.position.borrow()
+    }
+}
+
+struct Task {
+    store: Store,
+    bus: Bus,
+    rx: mpsc::Receiver<Job>,
+    next_ordering: i64,
+    next_group: i64,
+    pos_tx: watch::Sender<StreamPos>,
+}
+
+impl Task {
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                job = self.rx.recv() => job,
+                // On shutdown, stop taking new work but finish what is queued.
+                () = shutdown.cancelled() => { self.rx.close(); self.rx.recv().await }
+            };
+            let Some(first) = first else { break };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.write(jobs).await;
+        }
+        tracing::info!("event persister stopped");
+    }
+
+    async fn write(&mut self, jobs: Vec<Job>) {
+        let events: Vec<NewEvent> = jobs.iter().map(|j| j.event.clone()).collect();
+        match self.store.persist_events(&events, self.next_ordering, self.next_group).await {
+            Ok(done) => self.finish(jobs, done),
+            Err(e) if jobs.len() > 1 => {
+                // One bad event must not fail its batch-mates: retry them one by one.
+                tracing::warn!(error = %e, batch = jobs.len(), "batch persist failed; retrying singly");
+                for job in jobs {
+                    let one = [job.event.clone()];
+                    match self.store.persist_events(&one, self.next_ordering, self.next_group).await {
+                        Ok(done) => self.finish(vec![job], done),
+                        Err(e) => {
+                            let _ = job.reply.send(Err(crate::storage_error(e)));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(crate::storage_error(e_clone(&e))));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, jobs: Vec<Job>, done: Vec<Persisted>) {
+        let prev = self.next_ordering - 1;
+        let mut rows = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for (job, p) in jobs.into_iter().zip(done) {
+            self.next_ordering = self.next_ordering.max(p.stream_ordering + 1);
+            if let Some(g) = p.state_group {
+                self.next_group = self.next_group.max(g + 1);
+            }
+            let ev = &job.event;
+            rows.push(Row {
+                room_id: ev.room_id.clone(),
+                event_id: ev.event_id.clone(),
+                user_id: if ev.kind == "m.room.member" { ev.state_key.clone().unwrap_or_default() } else { String::new() },
+                kind: ev.kind.clone(),
+                state_key: ev.state_key.clone(),
+                user_ids: Vec::new(),
+            });
+            replies.push((job.reply, p));
+        }
+        let pos = self.next_ordering - 1;
+        let _ = self.pos_tx.send(StreamPos(pos));
+        // Announce before answering, so a client's next request finds readers woken.
+        self.bus.publish(Entry { writer: String::new(), stream: StreamKind::Events as i32, prev, pos, rows });
+        for (reply, p) in replies {
+            let _ = reply.send(Ok(p));
+        }
+    }
+}
+
+fn e_clone(e: &ganglion_storage::Error) -> ganglion_storage::Error {
+    ganglion_storage::Error::Database(e.to_string())
+}

@@ -1,0 +1,97 @@
+//! Writers of the non-event streams (receipts, account data, to-device, typing…).
+//!
+//! Each stream has one writer on main. A write takes the stream's lock, allocates the
+//! next position, commits its rows at that position, then announces it on the bus, so
+//! positions become visible in commit order and a reader never skips a row that commits
+//! late.
+
+use std::{collections::HashMap, future::Future, sync::Arc};
+
+use ganglion_bus::{Bus, Entry, Row};
+use ganglion_core::{Error, StreamKind, StreamPos};
+use ganglion_storage::Store;
+use tokio::sync::Mutex;
+
+/// The writer of one stream.
+#[derive(Debug)]
+pub struct StreamWriter {
+    kind: StreamKind,
+    last: Mutex<i64>,
+    bus: Bus,
+}
+
+impl StreamWriter {
+    /// A writer starting after the table's highest position.
+    pub async fn new(kind: StreamKind, store: &Store, bus: Bus) -> Result<StreamWriter, Error> {
+        let last = store.select_stream_max(kind).await.map_err(crate::storage_error)?;
+        Ok(StreamWriter { kind, last: Mutex::new(last), bus })
+    }
+
+    /// Runs `write` at the next position, then announces it with `rows`.
+    pub async fn write<F, Fut>(&self, rows: Vec<Row>, write: F) -> Result<StreamPos, Error>
+    where
+        F: FnOnce(i64) -> Fut,
+        Fut: Future<Output = Result<(), Error>>,
+    {
+        let mut last = self.last.lock().await;
+        let pos = *last + 1;
+        write(pos).await?;
+        *last = pos;
+        self.bus.publish(Entry { writer: String::new(), stream: self.kind as i32, prev: pos - 1, pos, rows });
+        Ok(StreamPos(pos))
+    }
+
+    /// The last position written.
+    pub async fn position(&self) -> StreamPos {
+        StreamPos(*self.last.lock().await)
+    }
+
+    /// Announces the current position with no rows, so idle readers keep moving and a
+    /// lost entry is noticed (ARCHITECTURE §3).
+    pub async fn heartbeat(&self) {
+        let last = *self.last.lock().await;
+        self.bus.publish(Entry { writer: String::new(), stream: self.kind as i32, prev: last, pos: last, rows: Vec::new() });
+    }
+}
+
+/// Every stream writer main owns.
+#[derive(Debug, Clone)]
+pub struct StreamWriters {
+    /// Receipts.
+    pub receipts: Arc<StreamWriter>,
+    /// Account data.
+    pub account_data: Arc<StreamWriter>,
+    /// Send-to-device.
+    pub to_device: Arc<StreamWriter>,
+    /// Typing (positions only; state lives in [`crate::typing::Typing`]).
+    pub typing: Arc<StreamWriter>,
+}
+
+impl StreamWriters {
+    /// Creates every writer from the positions in the database.
+    pub async fn new(store: &Store, bus: &Bus) -> Result<StreamWriters, Error> {
+        Ok(StreamWriters {
+            receipts: Arc::new(StreamWriter::new(StreamKind::Receipts, store, bus.clone()).await?),
+            account_data: Arc::new(StreamWriter::new(StreamKind::AccountData, store, bus.clone()).await?),
+            to_device: Arc::new(StreamWriter::new(StreamKind::ToDevice, store, bus.clone()).await?),
+            typing: Arc::new(StreamWriter::new(StreamKind::Typing, store, bus.clone()).await?),
+        })
+    }
+
+    /// Current positions of every stream these writers own.
+    pub async fn positions(&self) -> HashMap<StreamKind, StreamPos> {
+        let mut out = HashMap::new();
+        out.insert(StreamKind::Receipts, self.receipts.position().await);
+        out.insert(StreamKind::AccountData, self.account_data.position().await);
+        out.insert(StreamKind::ToDevice, self.to_device.position().await);
+        out.insert(StreamKind::Typing, self.typing.position().await);
+        out
+    }
+
+    /// Heartbeats every stream.
+    pub async fn heartbeat(&self) {
+        for w in [&self.receipts, &self.account_data, &self.to_device, &self.typing] {
+            w.heartbeat().await;
+        }
+    }
+}
