@@ -1,0 +1,43 @@
+//! Rooms: creation, membership, sending, reading, aliases, the directory, typing and
+//! receipts.
+
+pub mod alias;
+pub mod create;
+pub mod directory;
+pub mod ephemeral;
+pub mod membership;
+pub mod read;
+pub mod send;
+
+use axum::Router;
+use ganglion_rooms::reads::EventFilter;
+use ruma::api::client::filter::RoomEventFilter;
+
+use crate::ClientApi;
+
+/// Registers every room route.
+pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
+    let r = create::routes(r);
+    let r = membership::routes(r);
+    let r = send::routes(r);
+    let r = read::routes(r);
+    let r = alias::routes(r);
+    let r = directory::routes(r);
+    ephemeral::routes(r)
+}
+
+/// Our filter from ruma's `RoomEventFilter`.
+pub fn event_filter(f: &RoomEventFilter) -> EventFilter {
+    EventFilter {
+        types: f.types.clone(),
+        not_types: f.not_types.clone(),
+        senders: f.senders.as_ref().map(|s| s.iter().map(ToString::to_string).collect()),
+        not_senders: f.not_senders.iter().map(ToString::to_string).collect(),
+        lazy_load_members: matches!(f.lazy_load_options, ruma::api::client::filter::LazyLoadOptions::Enabled { .. }),
+        contains_url: match f.url_filter {
+            Some(ruma::api::client::filter::UrlFilter::EventsWithUrl) => Some(true),
+            Some(ruma::api::client::filter::UrlFilter::EventsWithoutUrl) => Some(false),
+            None => None,
+        },
+    }
+}

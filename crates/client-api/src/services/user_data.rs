@@ -1,0 +1,118 @@
+//! Account data (global, per room, tags), filters and profiles.
+
+use std::sync::Arc;
+
+use ganglion_bus::Row;
+use ganglion_core::{Error, Result, StreamPos};
+use ganglion_rooms::{Rooms, storage_error, streams::StreamWriter};
+use ganglion_storage::Store;
+use serde_json::{Value, json};
+
+/// The user-data service.
+#[derive(Clone, Debug)]
+pub struct UserData {
+    store: Store,
+    rooms: Rooms,
+    account_data: Arc<StreamWriter>,
+}
+
+impl UserData {
+    /// The service over its dependencies.
+    pub fn new(store: Store, rooms: Rooms, account_data: Arc<StreamWriter>) -> UserData {
+        UserData { store, rooms, account_data }
+    }
+
+    /// Sets an account data entry (`room_id` empty for global).
+    pub async fn set_account_data(&self, user_id: &str, room_id: &str, kind: &str, content: &Value) -> Result<StreamPos> {
+        if !content.is_object() {
+            return Err(Error::bad_json("account data content must be a JSON object"));
+        }
+        let text = content.to_string();
+        let row = Row { room_id: room_id.to_owned(), user_id: user_id.to_owned(), kind: kind.to_owned(), ..Default::default() };
+        self.account_data
+            .write(vec![row], |pos| async move {
+                self.store.upsert_account_data(user_id, room_id, kind, &text, pos).await.map_err(storage_error)
+            })
+            .await
+    }
+
+    /// Reads an account data entry; `M_NOT_FOUND` when unset.
+    pub async fn account_data(&self, user_id: &str, room_id: &str, kind: &str) -> Result<Value> {
+        let text = self
+            .store
+            .select_account_data(user_id, room_id, kind)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| Error::not_found("account data not found"))?;
+        serde_json::from_str(&text).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    /// The room's `m.tag` content (`{"tags": {}}` when unset).
+    pub async fn tags(&self, user_id: &str, room_id: &str) -> Result<Value> {
+        match self.store.select_account_data(user_id, room_id, "m.tag").await.map_err(storage_error)? {
+            Some(t) => serde_json::from_str(&t).map_err(|e| Error::internal(e.to_string())),
+            None => Ok(json!({ "tags": {} })),
+        }
+    }
+
+    /// Adds or replaces one tag.
+    pub async fn set_tag(&self, user_id: &str, room_id: &str, tag: &str, info: Value) -> Result<StreamPos> {
+        if tag.len() > 255 {
+            return Err(Error::invalid_param("tag names are at most 255 bytes"));
+        }
+        let mut tags = self.tags(user_id, room_id).await?;
+        tags["tags"][tag] = info;
+        self.set_account_data(user_id, room_id, "m.tag", &tags).await
+    }
+
+    /// Removes one tag (absent tags are fine).
+    pub async fn delete_tag(&self, user_id: &str, room_id: &str, tag: &str) -> Result<StreamPos> {
+        let mut tags = self.tags(user_id, room_id).await?;
+        if let Some(map) = tags.get_mut("tags").and_then(Value::as_object_mut) {
+            map.remove(tag);
+        }
+        self.set_account_data(user_id, room_id, "m.tag", &tags).await
+    }
+
+    /// Stores a filter, returning its id.
+    pub async fn create_filter(&self, user_id: &str, filter: &Value) -> Result<String> {
+        let id = self.store.insert_filter(user_id, &filter.to_string()).await.map_err(storage_error)?;
+        Ok(id.to_string())
+    }
+
+    /// Loads a filter; `M_NOT_FOUND` for unknown ids.
+    pub async fn filter(&self, user_id: &str, filter_id: &str) -> Result<Value> {
+        let id: i64 = filter_id.parse().map_err(|_| Error::not_found("no such filter"))?;
+        let text = self
+            .store
+            .select_filter(user_id, id)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| Error::not_found("no such filter"))?;
+        serde_json::from_str(&text).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    /// A user's profile: (displayname, avatar_url). `M_NOT_FOUND` for unknown users.
+    pub async fn profile(&self, user_id: &str) -> Result<(Option<String>, Option<String>)> {
+        let user = self
+            .store
+            .select_user(user_id)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| Error::not_found("profile not found"))?;
+        Ok((user.displayname, user.avatar_url))
+    }
+
+    /// Sets one profile field and updates the user's member events.
+    pub async fn set_profile_field(&self, user_id: &ruma::UserId, field: &str, value: Option<&str>) -> Result<()> {
+        let (mut name, mut avatar) = self.profile(user_id.as_str()).await?;
+        match field {
+            "displayname" => name = value.map(str::to_owned),
+            "avatar_url" => avatar = value.map(str::to_owned),
+            _ => return Err(Error::new(ganglion_core::ErrorKind::Unrecognized, "unsupported profile field")),
+        }
+        self.store.update_profile(user_id.as_str(), name.as_deref(), avatar.as_deref()).await.map_err(storage_error)?;
+        self.rooms.refresh_member_profile(user_id).await?;
+        Ok(())
+    }
+}

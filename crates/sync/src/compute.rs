@@ -1,0 +1,449 @@
+//! Computing a `/sync` response between two tokens (spec: Client-Server API, "Syncing").
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use ganglion_core::{Error, Result, StreamKind, SyncToken, token::PageToken};
+use ganglion_rooms::{
+    Rooms,
+    format::{Shape, Viewer},
+    storage_error,
+};
+use ganglion_storage::{Store, events::EventRow};
+use serde_json::{Map, Value, json};
+
+use crate::{filter::SyncFilter, notifier::Notifier};
+
+/// One sync's inputs.
+pub struct SyncRequest<'a> {
+    /// The user.
+    pub user_id: &'a str,
+    /// Their device.
+    pub device_id: &'a str,
+    /// Where the client left off (`None` = initial sync).
+    pub since: Option<SyncToken>,
+    /// Where to stop.
+    pub now: SyncToken,
+    /// Return full state for every room.
+    pub full_state: bool,
+    /// The filter.
+    pub filter: &'a SyncFilter,
+}
+
+/// A computed response, and what a long-poll needs to decide whether to wait.
+pub struct SyncOutcome {
+    /// The response body (without `next_batch`, added by the caller).
+    pub body: Map<String, Value>,
+    /// Whether anything is in it.
+    pub is_empty: bool,
+    /// The rooms the user is joined to (what wake-ups to listen for).
+    pub joined: HashSet<String>,
+    /// The to-device position actually delivered up to.
+    pub to_device_upto: i64,
+}
+
+/// The sync service.
+#[derive(Clone, Debug)]
+pub struct SyncService {
+    store: Store,
+    rooms: Rooms,
+    notifier: Notifier,
+}
+
+struct Membership {
+    membership: String,
+    event: EventRow,
+}
+
+impl SyncService {
+    /// The service over its dependencies.
+    pub fn new(store: Store, rooms: Rooms, notifier: Notifier) -> SyncService {
+        SyncService { store, rooms, notifier }
+    }
+
+    /// The notifier.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The user's membership in every room they have one in, as of `now.events`.
+    async fn memberships(&self, user_id: &str, at: i64) -> Result<BTreeMap<String, Membership>> {
+        let rows = self
+            .store
+            .select_user_rooms(user_id, &["join", "invite", "leave", "ban", "knock"])
+            .await
+            .map_err(storage_error)?;
+        let mut ids = Vec::new();
+        let mut late = Vec::new();
+        for (room_id, _, event_id, pos) in rows {
+            if pos <= at {
+                ids.push(event_id);
+            } else {
+                late.push(room_id);
+            }
+        }
+        let mut out = BTreeMap::new();
+        for ev in self.store.select_events(&ids).await.map_err(storage_error)? {
+            let m = membership_of(&ev);
+            out.insert(ev.room_id.clone(), Membership { membership: m, event: ev });
+        }
+        // Memberships changed after `now`: use the one in force at `now`.
+        for room_id in late {
+            if let Some(ev) = self.store.select_membership_at(&room_id, user_id, at).await.map_err(storage_error)? {
+                let m = membership_of(&ev);
+                out.insert(room_id, Membership { membership: m, event: ev });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Computes the response for `req`.
+    pub async fn compute(&self, req: &SyncRequest<'_>) -> Result<SyncOutcome> {
+        let now = req.now;
+        let since = req.since;
+        let since_ev = since.map_or(0, |s| s.get(StreamKind::Events).0);
+        let now_ev = now.get(StreamKind::Events).0;
+        let f = req.filter;
+        let forgotten: HashSet<String> = self.store.select_forgotten(req.user_id).await.map_err(storage_error)?.into_iter().collect();
+        let memberships = self.memberships(req.user_id, now_ev).await?;
+        let joined: HashSet<String> =
+            memberships.iter().filter(|(_, m)| m.membership == "join").map(|(r, _)| r.clone()).collect();
+
+        let changed_rooms: HashSet<String> = if since.is_some() {
+            self.store.select_rooms_with_events(since_ev, now_ev).await.map_err(storage_error)?.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        let receipt_rooms: HashSet<String> = match since {
+            Some(s) => self
+                .store
+                .select_rooms_with_receipts(s.get(StreamKind::Receipts).0, now.get(StreamKind::Receipts).0)
+                .await
+                .map_err(storage_error)?
+                .into_iter()
+                .collect(),
+            None => HashSet::new(),
+        };
+        let account_data = if f.account_data_off {
+            Vec::new()
+        } else {
+            self.store
+                .select_account_data_since(
+                    req.user_id,
+                    since.map_or(0, |s| s.get(StreamKind::AccountData).0),
+                    now.get(StreamKind::AccountData).0,
+                )
+                .await
+                .map_err(storage_error)?
+        };
+        let mut room_account: HashMap<String, Vec<Value>> = HashMap::new();
+        let mut global_account = Vec::new();
+        for (room_id, kind, content) in account_data {
+            let content: Value = serde_json::from_str(&content).unwrap_or_else(|_| json!({}));
+            let ev = json!({ "type": kind, "content": content });
+            if room_id.is_empty() {
+                global_account.push(ev);
+            } else {
+                room_account.entry(room_id).or_default().push(ev);
+            }
+        }
+        let joined_list: Vec<String> = joined.iter().cloned().collect();
+        let typing = self.notifier.typing(&joined_list).await;
+        let since_typing = since.map_or(-1, |s| s.get(StreamKind::Typing).0);
+
+        let mut join = Map::new();
+        let mut invite = Map::new();
+        let mut leave = Map::new();
+        let mut knock = Map::new();
+        let viewer = Viewer { user_id: req.user_id, device_id: req.device_id };
+
+        for (room_id, m) in &memberships {
+            if !f.room_allowed(room_id) {
+                continue;
+            }
+            let changed_since = m.event.stream_ordering > since_ev;
+            match m.membership.as_str() {
+                "join" => {
+                    let newly = since.is_none() || changed_since || req.full_state;
+                    let has_events = changed_rooms.contains(room_id);
+                    let typing_changed = typing.get(room_id).is_some_and(|t| t.pos > since_typing && (since.is_some() || !t.user_ids.is_empty()));
+                    let receipts_changed = receipt_rooms.contains(room_id);
+                    let ad_changed = room_account.contains_key(room_id);
+                    if !(newly || has_events || typing_changed || receipts_changed || ad_changed) {
+                        continue;
+                    }
+                    let mut room = self.joined_room(req, room_id, m, newly, since_ev, now_ev).await?;
+                    let mut ephemeral = Vec::new();
+                    if let Some(t) = typing.get(room_id).filter(|t| t.pos > since_typing) {
+                        ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": t.user_ids } }));
+                    }
+                    if since.is_none() || receipts_changed {
+                        if let Some(r) = self.receipts(req.user_id, room_id, since, now).await? {
+                            ephemeral.push(r);
+                        }
+                    }
+                    room.insert("ephemeral".into(), json!({ "events": ephemeral }));
+                    room.insert(
+                        "account_data".into(),
+                        json!({ "events": room_account.remove(room_id).unwrap_or_default() }),
+                    );
+                    join.insert(room_id.clone(), Value::Object(room));
+                }
+                "invite" if since.is_none() || changed_since => {
+                    invite.insert(room_id.clone(), json!({ "invite_state": { "events": self.stripped_state(room_id, &m.event).await? } }));
+                }
+                "knock" if since.is_none() || changed_since => {
+                    knock.insert(room_id.clone(), json!({ "knock_state": { "events": self.stripped_state(room_id, &m.event).await? } }));
+                }
+                "leave" | "ban" => {
+                    let include = if since.is_none() { f.include_leave } else { changed_since };
+                    // A user who rejected an invite or was never joined still sees the leave.
+                    if include && !forgotten.contains(room_id) {
+                        let room = self.left_room(req, room_id, m, since_ev).await?;
+                        leave.insert(room_id.clone(), Value::Object(room));
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // Send-to-device.
+        let to_device = self
+            .store
+            .select_to_device(req.user_id, req.device_id, now.get(StreamKind::ToDevice).0, 100)
+            .await
+            .map_err(storage_error)?;
+        let to_device_upto = if to_device.len() == 100 {
+            to_device.last().map_or(now.get(StreamKind::ToDevice).0, |t| t.0)
+        } else {
+            now.get(StreamKind::ToDevice).0
+        };
+        let to_device_events: Vec<Value> = to_device
+            .into_iter()
+            .map(|(_, sender, kind, content)| {
+                json!({ "sender": sender, "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() })
+            })
+            .collect();
+
+        let is_empty = join.is_empty()
+            && invite.is_empty()
+            && leave.is_empty()
+            && knock.is_empty()
+            && global_account.is_empty()
+            && to_device_events.is_empty();
+        let mut body = Map::new();
+        body.insert("rooms".into(), json!({ "join": join, "invite": invite, "leave": leave, "knock": knock }));
+        body.insert("account_data".into(), json!({ "events": global_account }));
+        body.insert("presence".into(), json!({ "events": [] }));
+        body.insert("to_device".into(), json!({ "events": to_device_events }));
+        body.insert("device_lists".into(), json!({ "changed": [], "left": [] }));
+        body.insert("device_one_time_keys_count".into(), json!({}));
+        let _ = viewer;
+        Ok(SyncOutcome { body, is_empty, joined, to_device_upto })
+    }
+
+    async fn joined_room(
+        &self,
+        req: &SyncRequest<'_>,
+        room_id: &str,
+        m: &Membership,
+        newly: bool,
+        since_ev: i64,
+        now_ev: i64,
+    ) -> Result<Map<String, Value>> {
+        let f = req.filter;
+        let limit = f.timeline_limit;
+        let join_pos = m.event.stream_ordering;
+        let from = if newly { 0 } else { since_ev };
+        // Newest first, one more than the limit to learn whether the timeline is limited.
+        let fetch = i64::try_from(limit + 1).unwrap_or(11);
+        let mut rows = self.store.select_room_events(room_id, from, now_ev, true, fetch).await.map_err(storage_error)?;
+        let limited = rows.len() > limit;
+        rows.truncate(limit);
+        rows.reverse();
+        // Events from before the user joined pass history visibility; later ones are theirs.
+        let (before, after): (Vec<EventRow>, Vec<EventRow>) = rows.into_iter().partition(|r| r.stream_ordering < join_pos);
+        let mut timeline = self.rooms.filter_visible(req.user_id, before).await?;
+        timeline.extend(after);
+        timeline.retain(|r| f.timeline.matches(r));
+
+        let start_pos = timeline.first().map_or(now_ev, |r| r.stream_ordering - 1);
+        let prev_batch = PageToken(ganglion_core::StreamPos(start_pos.max(0)));
+        let state_rows = if newly {
+            self.rooms.state_at(room_id, start_pos).await?
+        } else if limited {
+            let old: HashSet<String> = self.rooms.state_at(room_id, since_ev).await?.into_iter().map(|r| r.event_id).collect();
+            self.rooms.state_at(room_id, start_pos).await?.into_iter().filter(|r| !old.contains(&r.event_id)).collect()
+        } else {
+            Vec::new()
+        };
+        let timeline_ids: HashSet<&str> = timeline.iter().map(|r| r.event_id.as_str()).collect();
+        let senders: BTreeSet<&str> = timeline.iter().map(|r| r.sender.as_str()).collect();
+        let state_rows: Vec<EventRow> = state_rows
+            .into_iter()
+            .filter(|r| !timeline_ids.contains(r.event_id.as_str()))
+            .filter(|r| {
+                !f.state.lazy_load_members
+                    || r.kind != "m.room.member"
+                    || r.state_key.as_deref().is_some_and(|k| k == req.user_id || senders.contains(k))
+            })
+            .filter(|r| f.state.matches(r) || (f.state.lazy_load_members && r.kind == "m.room.member"))
+            .collect();
+        let viewer = Some(Viewer { user_id: req.user_id, device_id: req.device_id });
+        let mut room = Map::new();
+        let members_changed = newly
+            || timeline.iter().any(|r| r.kind == "m.room.member")
+            || state_rows.iter().any(|r| r.kind == "m.room.member");
+        room.insert(
+            "timeline".into(),
+            json!({
+                "events": self.rooms.format_events(&timeline, viewer, Shape::Sync).await?,
+                "limited": limited,
+                "prev_batch": prev_batch.to_string(),
+            }),
+        );
+        room.insert("state".into(), json!({ "events": self.rooms.format_events(&state_rows, viewer, Shape::Sync).await? }));
+        if members_changed {
+            room.insert("summary".into(), self.summary(room_id, req.user_id).await?);
+        } else {
+            room.insert("summary".into(), json!({}));
+        }
+        room.insert("unread_notifications".into(), json!({ "highlight_count": 0, "notification_count": 0 }));
+        Ok(room)
+    }
+
+    async fn left_room(&self, req: &SyncRequest<'_>, room_id: &str, m: &Membership, since_ev: i64) -> Result<Map<String, Value>> {
+        let upto = m.event.stream_ordering;
+        let limit = req.filter.timeline_limit;
+        let fetch = i64::try_from(limit + 1).unwrap_or(11);
+        let mut rows = self.store.select_room_events(room_id, since_ev, upto, true, fetch).await.map_err(storage_error)?;
+        let limited = rows.len() > limit;
+        rows.truncate(limit);
+        rows.reverse();
+        let timeline = self.rooms.filter_visible(req.user_id, rows).await?;
+        let start_pos = timeline.first().map_or(upto, |r| r.stream_ordering - 1);
+        let state = if limited || since_ev == 0 {
+            let ids: HashSet<&str> = timeline.iter().map(|r| r.event_id.as_str()).collect();
+            self.rooms
+                .state_at(room_id, start_pos)
+                .await?
+                .into_iter()
+                .filter(|r| !ids.contains(r.event_id.as_str()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let viewer = Some(Viewer { user_id: req.user_id, device_id: req.device_id });
+        let mut room = Map::new();
+        room.insert(
+            "timeline".into(),
+            json!({
+                "events": self.rooms.format_events(&timeline, viewer, Shape::Sync).await?,
+                "limited": limited,
+                "prev_batch": PageToken(ganglion_core::StreamPos(start_pos.max(0))).to_string(),
+            }),
+        );
+        room.insert("state".into(), json!({ "events": self.rooms.format_events(&state, viewer, Shape::Sync).await? }));
+        room.insert("account_data".into(), json!({ "events": [] }));
+        Ok(room)
+    }
+
+    async fn summary(&self, room_id: &str, user_id: &str) -> Result<Value> {
+        let (joined, invited) = self.store.count_room_members(room_id).await.map_err(storage_error)?;
+        let mut heroes = Vec::new();
+        let has_name = self.store.select_current_state_event(room_id, "m.room.name", "").await.map_err(storage_error)?.is_some()
+            || self.store.select_current_state_event(room_id, "m.room.canonical_alias", "").await.map_err(storage_error)?.is_some();
+        if !has_name {
+            for (member, _, _) in self.store.select_room_members(room_id, &["join", "invite"]).await.map_err(storage_error)? {
+                if member != user_id {
+                    heroes.push(member);
+                }
+                if heroes.len() == 5 {
+                    break;
+                }
+            }
+        }
+        Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
+    }
+
+    async fn receipts(&self, user_id: &str, room_id: &str, since: Option<SyncToken>, now: SyncToken) -> Result<Option<Value>> {
+        let rows = self
+            .store
+            .select_room_receipts(room_id, since.map_or(0, |s| s.get(StreamKind::Receipts).0), now.get(StreamKind::Receipts).0)
+            .await
+            .map_err(storage_error)?;
+        let mut content = Map::new();
+        let mut any = false;
+        for r in rows {
+            // Private receipts are for their owner only.
+            if r.receipt_type == "m.read.private" && r.user_id != user_id {
+                continue;
+            }
+            let mut receipt = json!({ "ts": r.ts });
+            if !r.thread_id.is_empty() {
+                receipt["thread_id"] = json!(r.thread_id);
+            }
+            let entry = content.entry(r.event_id.clone()).or_insert_with(|| json!({}));
+            entry[&r.receipt_type][&r.user_id] = receipt;
+            any = true;
+        }
+        Ok(any.then(|| json!({ "type": "m.receipt", "content": content })))
+    }
+
+    /// Stripped state for invites and knocks (spec: "Stripped state").
+    async fn stripped_state(&self, room_id: &str, member_event: &EventRow) -> Result<Vec<Value>> {
+        let keys: Vec<(String, String)> = [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.canonical_alias",
+            "m.room.encryption",
+            "m.room.topic",
+        ]
+        .iter()
+        .map(|t| ((*t).to_owned(), String::new()))
+        .collect();
+        let ids: Vec<String> = self.store.select_current_state_keys(room_id, &keys).await.map_err(storage_error)?.into_values().collect();
+        let mut rows = self.store.select_events(&ids).await.map_err(storage_error)?;
+        rows.push(member_event.clone());
+        // The inviter's member event helps clients show who invited.
+        if let Some(inviter) = self
+            .store
+            .select_current_state_event(room_id, "m.room.member", &member_event.sender)
+            .await
+            .map_err(storage_error)?
+            .filter(|_| member_event.sender != member_event.state_key.clone().unwrap_or_default())
+        {
+            rows.extend(self.store.select_events(&[inviter]).await.map_err(storage_error)?);
+        }
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let pdu: Value = serde_json::from_str(&r.json).unwrap_or_default();
+                json!({
+                    "type": r.kind,
+                    "state_key": r.state_key.clone().unwrap_or_default(),
+                    "sender": r.sender,
+                    "content": pdu.get("content").cloned().unwrap_or_else(|| json!({})),
+                })
+            })
+            .collect())
+    }
+}
+
+fn membership_of(ev: &EventRow) -> String {
+    serde_json::from_str::<Value>(&ev.json)
+        .ok()
+        .and_then(|v| v.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// An error for tokens we did not issue.
+pub fn bad_token() -> Error {
+    Error::invalid_param("invalid since token")
+}
