@@ -1,0 +1,150 @@
+//! `send`: message sends per second. One sender user owns `rooms` rooms; `concurrency`
+//! senders each take the next message number and `PUT /rooms/{room}/send/m.room.message/{txn}`
+//! it into room `number % rooms`, until `messages` are sent or `max_seconds` is up. The rate
+//! is successful sends over the wall time from the first send to the last answer; latency is
+//! per request.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::json;
+
+use crate::client::Session;
+use crate::stats::Samples;
+use crate::{Ctx, Result, SendArgs};
+
+/// A sender and its rooms, reused by the measurements at each concurrency.
+pub struct SendSetup {
+    sender: Session,
+    rooms: Vec<String>,
+}
+
+pub async fn setup(ctx: &Ctx, rooms: usize) -> Result<SendSetup> {
+    let what = format!("send{rooms}");
+    let mut users = super::register_users(ctx, &what, 1).await?;
+    let sender = users.pop().ok_or("no sender registered")?;
+    let rooms = super::create_rooms(ctx, &sender, rooms.max(1), false).await?;
+    Ok(SendSetup { sender, rooms })
+}
+
+pub async fn run(ctx: &Ctx, s: &SendSetup, a: &SendArgs) -> Result<()> {
+    let (r, c) = (s.rooms.len(), a.concurrency.max(1));
+    ctx.rep.say(&format!(
+        "send: rooms {r}, concurrency {c}, up to {} messages or {:.0}s",
+        a.messages, a.max_seconds
+    ));
+    let tag = format!("{}-r{r}-c{c}", ctx.prefix);
+    for i in 0..a.warmup {
+        let room = &s.rooms[i % r];
+        ctx.http
+            .send_text(&s.sender, room, &format!("{tag}-warm-{i}"), "warm-up")
+            .await?;
+    }
+
+    let next = AtomicUsize::new(0);
+    let cpu_before = ctx.server_cpu();
+    let own_cpu_before = crate::procstat::cpu_seconds(std::process::id());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(a.max_seconds);
+    let workers = (0..c).map(|_| async {
+        let mut lat = Samples::default();
+        let mut errors = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= a.messages || Instant::now() >= deadline {
+                break;
+            }
+            let room = &s.rooms[i % r];
+            let t = Instant::now();
+            let res = ctx
+                .http
+                .send_text(
+                    &s.sender,
+                    room,
+                    &format!("{tag}-{i}"),
+                    &format!("load message {i}"),
+                )
+                .await;
+            match res {
+                Ok(_) => lat.push(t.elapsed()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (lat, errors)
+    });
+    let results = join_all(workers).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(ctx.server_cpu()).map(|(b, a)| a - b);
+    let own_cpu = own_cpu_before
+        .zip(crate::procstat::cpu_seconds(std::process::id()))
+        .map(|(b, a)| a - b);
+
+    let mut lat = Samples::default();
+    let mut errors = Vec::new();
+    for (l, e) in results {
+        lat.extend(l);
+        errors.extend(e);
+    }
+    if let Some(e) = errors.first() {
+        ctx.rep
+            .say(&format!("send: {} error(s), first: {e}", errors.len()));
+    }
+    let ok = lat.len();
+    if ok == 0 {
+        return Err("send: no message was sent".into());
+    }
+    let rate = ok as f64 / elapsed;
+    let (p50, p99) = (lat.percentile(50.0), lat.percentile(99.0));
+    ctx.rep.say(&format!(
+        "send: rooms {r}, c {c}: {ok} messages in {elapsed:.2}s = {rate:.1} msgs/s; \
+         latency p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms",
+        lat.max()
+    ));
+    let cpu_ms_per_msg = cpu.map(|s| s * 1000.0 / ok as f64);
+    if let Some(ms) = cpu_ms_per_msg {
+        ctx.rep
+            .say(&format!("send: server CPU {ms:.2} ms per message"));
+    }
+    let params = json!({
+        "rooms": r, "concurrency": c, "ok": ok, "errors": errors.len(), "seconds": elapsed,
+        "mean_ms": lat.mean(), "server_cpu_s": cpu, "loadgen_cpu_s": own_cpu,
+    });
+    let key = format!("send.rooms_{r}.c_{c}");
+    let rep = &ctx.rep;
+    rep.figure(
+        "send",
+        &format!("{key}.msgs_per_s"),
+        rate,
+        "msg/s",
+        true,
+        params.clone(),
+    )?;
+    rep.figure(
+        "send",
+        &format!("{key}.p50_ms"),
+        p50,
+        "ms",
+        false,
+        params.clone(),
+    )?;
+    rep.figure(
+        "send",
+        &format!("{key}.p99_ms"),
+        p99,
+        "ms",
+        false,
+        params.clone(),
+    )?;
+    if let Some(ms) = cpu_ms_per_msg {
+        rep.figure(
+            "send",
+            &format!("{key}.server_cpu_ms_per_msg"),
+            ms,
+            "ms",
+            false,
+            params,
+        )?;
+    }
+    Ok(())
+}
