@@ -10,8 +10,8 @@ use crate::ClientApi;
 
 /// The spec versions we answer to.
 pub const VERSIONS: &[&str] = &[
-    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
-    "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
 ];
 
 /// Registers the discovery routes.
@@ -33,12 +33,18 @@ pub async fn get_supported_versions(_req: Ruma<get_supported_versions::Request>)
 }
 
 /// `GET /.well-known/matrix/client`. Spec: <https://spec.matrix.org/v1.19/client-server-api/#getwell-knownmatrixclient>
-pub async fn discover_homeserver(State(api): State<ClientApi>, _req: Ruma<discover_homeserver::Request>) -> Json<Value> {
+pub async fn discover_homeserver(
+    State(api): State<ClientApi>,
+    _req: Ruma<discover_homeserver::Request>,
+) -> Json<Value> {
     Json(json!({ "m.homeserver": { "base_url": api.config.public_baseurl } }))
 }
 
 /// `GET /_matrix/client/v3/capabilities`. Spec: <https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3capabilities>
-pub async fn get_capabilities(State(api): State<ClientApi>, _req: Authed<get_capabilities::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn get_capabilities(
+    State(api): State<ClientApi>,
+    _req: Authed<get_capabilities::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let mut available = serde_json::Map::new();
     for v in ["2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
         available.insert(v.into(), json!("stable"));

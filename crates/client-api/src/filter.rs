@@ -15,15 +15,29 @@ pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
 }
 
 /// `POST /_matrix/client/v3/user/{userId}/filter`.
-pub async fn create_filter(State(api): State<ClientApi>, req: Authed<create_filter::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn create_filter(
+    State(api): State<ClientApi>,
+    req: Authed<create_filter::v3::Request>,
+) -> ApiResult<Json<Value>> {
     req.ensure_self(&req.body.user_id)?;
-    let filter = serde_json::to_value(&req.body.filter).map_err(|e| Error::bad_json(e.to_string()))?;
-    let id = api.user_data.create_filter(req.user().as_str(), &filter).await?;
+    let filter =
+        serde_json::to_value(&req.body.filter).map_err(|e| Error::bad_json(e.to_string()))?;
+    let id = api
+        .user_data
+        .create_filter(req.user().as_str(), &filter)
+        .await?;
     Ok(Json(json!({ "filter_id": id })))
 }
 
 /// `GET /_matrix/client/v3/user/{userId}/filter/{filterId}`.
-pub async fn get_filter(State(api): State<ClientApi>, req: Authed<get_filter::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn get_filter(
+    State(api): State<ClientApi>,
+    req: Authed<get_filter::v3::Request>,
+) -> ApiResult<Json<Value>> {
     req.ensure_self(&req.body.user_id)?;
-    Ok(Json(api.user_data.filter(req.user().as_str(), &req.body.filter_id).await?))
+    Ok(Json(
+        api.user_data
+            .filter(req.user().as_str(), &req.body.filter_id)
+            .await?,
+    ))
 }

@@ -3,7 +3,9 @@
 use axum::{Json, Router, extract::State};
 use ganglion_core::Error;
 use ganglion_http::{ApiResult, Authed, Ruma, route};
-use ruma::api::client::profile::{delete_profile_field, get_profile, get_profile_field, set_profile_field};
+use ruma::api::client::profile::{
+    delete_profile_field, get_profile, get_profile_field, set_profile_field,
+};
 use serde_json::{Map, Value, json};
 
 use crate::ClientApi;
@@ -28,13 +30,19 @@ fn profile_json(name: Option<String>, avatar: Option<String>) -> Value {
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`.
-pub async fn get_profile(State(api): State<ClientApi>, req: Ruma<get_profile::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn get_profile(
+    State(api): State<ClientApi>,
+    req: Ruma<get_profile::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let (name, avatar) = api.user_data.profile(req.0.user_id.as_str()).await?;
     Ok(Json(profile_json(name, avatar)))
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/{keyName}`.
-pub async fn get_profile_field(State(api): State<ClientApi>, req: Ruma<get_profile_field::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn get_profile_field(
+    State(api): State<ClientApi>,
+    req: Ruma<get_profile_field::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let (name, avatar) = api.user_data.profile(req.0.user_id.as_str()).await?;
     let field = req.0.field.as_str().to_owned();
     let value = match field.as_str() {
@@ -49,7 +57,10 @@ pub async fn get_profile_field(State(api): State<ClientApi>, req: Ruma<get_profi
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/{keyName}`.
-pub async fn set_profile_field(State(api): State<ClientApi>, req: Authed<set_profile_field::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn set_profile_field(
+    State(api): State<ClientApi>,
+    req: Authed<set_profile_field::v3::Request>,
+) -> ApiResult<Json<Value>> {
     req.ensure_self(&req.body.user_id)?;
     let field = req.body.value.field_name().as_str().to_owned();
     let value = req.body.value.value();
@@ -58,13 +69,20 @@ pub async fn set_profile_field(State(api): State<ClientApi>, req: Authed<set_pro
         Value::Null => None,
         _ => return Err(Error::bad_json("profile values must be strings").into()),
     };
-    api.user_data.set_profile_field(req.user(), &field, text.as_deref()).await?;
+    api.user_data
+        .set_profile_field(req.user(), &field, text.as_deref())
+        .await?;
     Ok(Json(json!({})))
 }
 
 /// `DELETE /_matrix/client/v3/profile/{userId}/{keyName}`.
-pub async fn delete_profile_field(State(api): State<ClientApi>, req: Authed<delete_profile_field::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn delete_profile_field(
+    State(api): State<ClientApi>,
+    req: Authed<delete_profile_field::v3::Request>,
+) -> ApiResult<Json<Value>> {
     req.ensure_self(&req.body.user_id)?;
-    api.user_data.set_profile_field(req.user(), req.body.field.as_str(), None).await?;
+    api.user_data
+        .set_profile_field(req.user(), req.body.field.as_str(), None)
+        .await?;
     Ok(Json(json!({})))
 }

@@ -6,7 +6,9 @@ use std::{collections::HashMap, sync::Arc};
 use ganglion_core::{Error, ErrorKind, MAX_PDU_BYTES, Pdu, Result};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, UserId,
-    room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomIdFormatVersion, RoomVersionRules},
+    room_version_rules::{
+        EventIdFormatVersion, EventsReferenceFormatVersion, RoomIdFormatVersion, RoomVersionRules,
+    },
 };
 
 use crate::keys::ServerKey;
@@ -27,11 +29,21 @@ pub struct EventTemplate {
 impl EventTemplate {
     /// A state event template.
     pub fn state(kind: &str, state_key: &str, content: serde_json::Value) -> Self {
-        Self { kind: kind.to_owned(), content, state_key: Some(state_key.to_owned()), redacts: None }
+        Self {
+            kind: kind.to_owned(),
+            content,
+            state_key: Some(state_key.to_owned()),
+            redacts: None,
+        }
     }
     /// A message-like event template.
     pub fn message(kind: &str, content: serde_json::Value) -> Self {
-        Self { kind: kind.to_owned(), content, state_key: None, redacts: None }
+        Self {
+            kind: kind.to_owned(),
+            content,
+            state_key: None,
+            redacts: None,
+        }
     }
 }
 
@@ -60,7 +72,8 @@ pub struct BuildContext<'a> {
 }
 
 fn to_canonical(v: serde_json::Value, what: &str) -> Result<CanonicalJsonValue> {
-    CanonicalJsonValue::try_from(v).map_err(|e| Error::bad_json(format!("{what} is not canonical JSON: {e}")))
+    CanonicalJsonValue::try_from(v)
+        .map_err(|e| Error::bad_json(format!("{what} is not canonical JSON: {e}")))
 }
 
 fn reference(id: &EventId, ctx: &BuildContext<'_>) -> CanonicalJsonValue {
@@ -89,16 +102,35 @@ pub fn build_pdu(tpl: &EventTemplate, ctx: &BuildContext<'_>) -> Result<Pdu> {
     let content = to_canonical(tpl.content.clone(), "content")?;
     obj.insert("content".into(), content);
     obj.insert("type".into(), CanonicalJsonValue::String(tpl.kind.clone()));
-    obj.insert("sender".into(), CanonicalJsonValue::String(ctx.sender.to_string()));
-    obj.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ctx.origin_server_ts.try_into().unwrap_or_default()));
-    obj.insert("depth".into(), CanonicalJsonValue::Integer(ctx.depth.try_into().unwrap_or_default()));
+    obj.insert(
+        "sender".into(),
+        CanonicalJsonValue::String(ctx.sender.to_string()),
+    );
+    obj.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(ctx.origin_server_ts.try_into().unwrap_or_default()),
+    );
+    obj.insert(
+        "depth".into(),
+        CanonicalJsonValue::Integer(ctx.depth.try_into().unwrap_or_default()),
+    );
     obj.insert(
         "prev_events".into(),
-        CanonicalJsonValue::Array(ctx.prev_events.iter().map(|id| reference(id, ctx)).collect()),
+        CanonicalJsonValue::Array(
+            ctx.prev_events
+                .iter()
+                .map(|id| reference(id, ctx))
+                .collect(),
+        ),
     );
     obj.insert(
         "auth_events".into(),
-        CanonicalJsonValue::Array(ctx.auth_events.iter().map(|id| reference(id, ctx)).collect()),
+        CanonicalJsonValue::Array(
+            ctx.auth_events
+                .iter()
+                .map(|id| reference(id, ctx))
+                .collect(),
+        ),
     );
     if let Some(sk) = &tpl.state_key {
         obj.insert("state_key".into(), CanonicalJsonValue::String(sk.clone()));
@@ -107,28 +139,64 @@ pub fn build_pdu(tpl: &EventTemplate, ctx: &BuildContext<'_>) -> Result<Pdu> {
         // From room v11 `redacts` lives in content (the template's content carries it);
         // before, it is a top-level key.
         if !ctx.rules.redaction.content_field_redacts {
-            obj.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+            obj.insert(
+                "redacts".into(),
+                CanonicalJsonValue::String(redacts.to_string()),
+            );
         }
     }
-    let is_v12_create = tpl.kind == "m.room.create" && ctx.rules.room_id_format == RoomIdFormatVersion::V2;
+    let is_v12_create =
+        tpl.kind == "m.room.create" && ctx.rules.room_id_format == RoomIdFormatVersion::V2;
     if let Some(room_id) = ctx.room_id.filter(|_| !is_v12_create) {
-        obj.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+        obj.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room_id.to_string()),
+        );
     }
     let v1_event_id = match ctx.rules.event_id_format {
         EventIdFormatVersion::V1 => {
-            let id = EventId::new_v1(&ruma::ServerName::parse(ctx.server_name).map_err(|e| Error::internal(e.to_string()))?);
-            obj.insert("event_id".into(), CanonicalJsonValue::String(id.to_string()));
+            let id = EventId::new_v1(
+                &ruma::ServerName::parse(ctx.server_name)
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            );
+            obj.insert(
+                "event_id".into(),
+                CanonicalJsonValue::String(id.to_string()),
+            );
             Some(id)
         }
         _ => None,
     };
 
-    ruma::signatures::hash_and_sign_event(ctx.server_name, &ctx.key.pair, &mut obj, &ctx.rules.redaction)
-        .map_err(|e| Error::internal(format!("signing failed: {e}")))?;
+    // Hashes and signatures add well under 1 KiB; refuse what is already too large.
+    let unsigned_len = serde_json::to_string(&obj)
+        .map_err(|e| Error::internal(e.to_string()))?
+        .len();
+    if unsigned_len > MAX_PDU_BYTES {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            "event is larger than 65536 bytes",
+        ));
+    }
+    ruma::signatures::hash_and_sign_event(
+        ctx.server_name,
+        &ctx.key.pair,
+        &mut obj,
+        &ctx.rules.redaction,
+    )
+    .map_err(|e| match e {
+        ruma::signatures::JsonError::PduTooLarge => {
+            Error::new(ErrorKind::TooLarge, "event is larger than 65536 bytes")
+        }
+        other => Error::internal(format!("signing failed: {other}")),
+    })?;
 
     let json = serde_json::to_string(&obj).map_err(|e| Error::internal(e.to_string()))?;
     if json.len() > MAX_PDU_BYTES {
-        return Err(Error::new(ErrorKind::TooLarge, "event is larger than 65536 bytes"));
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            "event is larger than 65536 bytes",
+        ));
     }
     let event_id = match v1_event_id {
         Some(id) => id,
@@ -146,7 +214,8 @@ pub fn build_pdu(tpl: &EventTemplate, ctx: &BuildContext<'_>) -> Result<Pdu> {
         }
     };
     let json: Arc<str> = json.into();
-    let mut pdu = Pdu::from_json(json, Some(event_id), Some(room_id)).map_err(|e| Error::internal(e.to_string()))?;
+    let mut pdu = Pdu::from_json(json, Some(event_id), Some(room_id))
+        .map_err(|e| Error::internal(e.to_string()))?;
     if let Some(redacts) = &tpl.redacts {
         pdu.redacts = Some(redacts.clone());
     }

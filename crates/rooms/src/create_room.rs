@@ -6,7 +6,11 @@ use ganglion_core::{Error, ErrorKind, Result, StreamPos};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId};
 use serde_json::{Map, Value, json};
 
-use crate::{Rooms, builder::EventTemplate, send::{Creating, SendRequest}};
+use crate::{
+    Rooms,
+    builder::EventTemplate,
+    send::{Creating, SendRequest},
+};
 
 /// The `preset` of `createRoom`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +57,22 @@ pub struct CreateRoomSpec {
 impl Rooms {
     /// Creates a room. Returns its id and the position of its last initial event.
     pub async fn create_room(&self, spec: CreateRoomSpec) -> Result<(OwnedRoomId, StreamPos)> {
-        let version = spec.version.clone().unwrap_or_else(|| self.inner.default_version.clone());
-        let rules = version
-            .rules()
-            .ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "this server does not support that room version"))?;
+        let version = spec
+            .version
+            .clone()
+            .unwrap_or_else(|| self.inner.default_version.clone());
+        let rules = version.rules().ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                "this server does not support that room version",
+            )
+        })?;
         let v12 = rules.authorization.explicitly_privilege_room_creators;
-        let preset = spec.preset.unwrap_or(if spec.public { Preset::PublicChat } else { Preset::PrivateChat });
+        let preset = spec.preset.unwrap_or(if spec.public {
+            Preset::PublicChat
+        } else {
+            Preset::PrivateChat
+        });
         let creator = spec.creator.clone();
 
         // 1. m.room.create
@@ -77,12 +91,14 @@ impl Rooms {
             extra.extend(spec.invite.iter().map(|u| json!(u)));
             create.insert("additional_creators".into(), Value::Array(extra));
         }
-        let room_id: OwnedRoomId = if rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V2 {
-            // Placeholder: a v12 room's id is derived from its create event by the builder.
-            RoomId::new_v2("placeholder0000000000000000000000000000000").map_err(|e| Error::internal(e.to_string()))?
-        } else {
-            RoomId::new_v1(self.server_name())
-        };
+        let room_id: OwnedRoomId =
+            if rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V2 {
+                // Placeholder: a v12 room's id is derived from its create event by the builder.
+                RoomId::new_v2("placeholder0000000000000000000000000000000")
+                    .map_err(|e| Error::internal(e.to_string()))?
+            } else {
+                RoomId::new_v1(self.server_name())
+            };
         let created = self
             .send_inner(
                 SendRequest {
@@ -91,12 +107,19 @@ impl Rooms {
                     template: EventTemplate::state("m.room.create", "", Value::Object(create)),
                     txn: None,
                 },
-                Some(Creating { version: version.clone() }),
+                Some(Creating {
+                    version: version.clone(),
+                }),
             )
             .await?;
         let room_id = created.room_id.clone();
         let send = |tpl: EventTemplate| {
-            let req = SendRequest { room_id: room_id.clone(), sender: creator.clone(), template: tpl, txn: None };
+            let req = SendRequest {
+                room_id: room_id.clone(),
+                sender: creator.clone(),
+                template: tpl,
+                txn: None,
+            };
             async move { self.send(req).await }
         };
 
@@ -108,7 +131,12 @@ impl Rooms {
         if let Some(a) = &spec.creator_profile.1 {
             member["avatar_url"] = json!(a);
         }
-        send(EventTemplate::state("m.room.member", creator.as_str(), member)).await?;
+        send(EventTemplate::state(
+            "m.room.member",
+            creator.as_str(),
+            member,
+        ))
+        .await?;
 
         // 3. power levels
         let mut users = Map::new();
@@ -138,7 +166,7 @@ impl Rooms {
             "ban": 50,
             "kick": 50,
             "redact": 50,
-            "invite": if preset == Preset::PublicChat { 0 } else { 0 },
+            "invite": 0,
             "historical": 100,
         });
         if let (Some(over), Some(obj)) = (&spec.power_level_content_override, pl.as_object_mut()) {
@@ -146,7 +174,9 @@ impl Rooms {
                 obj.insert(k.clone(), v.clone());
             }
         }
-        let mut last = send(EventTemplate::state("m.room.power_levels", "", pl)).await?.pos;
+        let mut last = send(EventTemplate::state("m.room.power_levels", "", pl))
+            .await?
+            .pos;
 
         // 4. canonical alias
         if let Some(alias) = &spec.alias {
@@ -155,54 +185,99 @@ impl Rooms {
                 .insert_alias(alias, room_id.as_str(), creator.as_str())
                 .await
                 .map_err(|e| match e {
-                    ganglion_storage::Error::Conflict(_) => Error::new(ErrorKind::RoomInUse, "room alias already taken"),
+                    ganglion_storage::Error::Conflict(_) => {
+                        Error::new(ErrorKind::RoomInUse, "room alias already taken")
+                    }
                     other => crate::storage_error(other),
                 })?;
-            last = send(EventTemplate::state("m.room.canonical_alias", "", json!({ "alias": alias }))).await?.pos;
+            last = send(EventTemplate::state(
+                "m.room.canonical_alias",
+                "",
+                json!({ "alias": alias }),
+            ))
+            .await?
+            .pos;
         }
 
         // 5. the preset's rules (unless initial_state sets them)
-        let has_initial = |t: &str| spec.initial_state.iter().any(|(k, sk, _)| k == t && sk.is_empty());
+        let has_initial = |t: &str| {
+            spec.initial_state
+                .iter()
+                .any(|(k, sk, _)| k == t && sk.is_empty())
+        };
         let (join_rule, guest) = match preset {
             Preset::PublicChat => ("public", "forbidden"),
             Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
         };
         if !has_initial("m.room.join_rules") {
-            last = send(EventTemplate::state("m.room.join_rules", "", json!({ "join_rule": join_rule }))).await?.pos;
+            last = send(EventTemplate::state(
+                "m.room.join_rules",
+                "",
+                json!({ "join_rule": join_rule }),
+            ))
+            .await?
+            .pos;
         }
         if !has_initial("m.room.history_visibility") {
-            last = send(EventTemplate::state("m.room.history_visibility", "", json!({ "history_visibility": "shared" })))
-                .await?
-                .pos;
+            last = send(EventTemplate::state(
+                "m.room.history_visibility",
+                "",
+                json!({ "history_visibility": "shared" }),
+            ))
+            .await?
+            .pos;
         }
         if !has_initial("m.room.guest_access") {
-            last = send(EventTemplate::state("m.room.guest_access", "", json!({ "guest_access": guest }))).await?.pos;
+            last = send(EventTemplate::state(
+                "m.room.guest_access",
+                "",
+                json!({ "guest_access": guest }),
+            ))
+            .await?
+            .pos;
         }
 
         // 6. initial state
         for (kind, sk, content) in &spec.initial_state {
-            last = send(EventTemplate::state(kind, sk, content.clone())).await?.pos;
+            last = send(EventTemplate::state(kind, sk, content.clone()))
+                .await?
+                .pos;
         }
 
         // 7. name and topic
         if let Some(name) = &spec.name {
-            last = send(EventTemplate::state("m.room.name", "", json!({ "name": name }))).await?.pos;
+            last = send(EventTemplate::state(
+                "m.room.name",
+                "",
+                json!({ "name": name }),
+            ))
+            .await?
+            .pos;
         }
         if let Some(topic) = &spec.topic {
             let content = json!({
                 "topic": topic,
                 "m.topic": { "m.text": [{ "mimetype": "text/plain", "body": topic }] },
             });
-            last = send(EventTemplate::state("m.room.topic", "", content)).await?.pos;
+            last = send(EventTemplate::state("m.room.topic", "", content))
+                .await?
+                .pos;
         }
 
         // 8. invites
         for invitee in &spec.invite {
-            last = self.invite(&room_id, &creator, invitee, None, spec.is_direct).await?.pos;
+            last = self
+                .invite(&room_id, &creator, invitee, None, spec.is_direct)
+                .await?
+                .pos;
         }
 
         if spec.public {
-            self.inner.store.update_room_public(room_id.as_str(), true).await.map_err(crate::storage_error)?;
+            self.inner
+                .store
+                .update_room_public(room_id.as_str(), true)
+                .await
+                .map_err(crate::storage_error)?;
         }
         Ok((room_id, last))
     }

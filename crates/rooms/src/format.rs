@@ -50,7 +50,10 @@ pub fn client_event(
                 .and_then(|c| serde_json::to_value(c).ok())
                 .unwrap_or_else(|| json!({}));
         }
-        unsigned.insert("redacted_because".into(), client_event(red, None, None, None, Shape::Client, now));
+        unsigned.insert(
+            "redacted_because".into(),
+            client_event(red, None, None, None, Shape::Client, now),
+        );
     }
     out.insert("content".into(), content);
     out.insert("event_id".into(), json!(row.event_id));
@@ -91,7 +94,10 @@ pub fn client_event(
         unsigned.insert("transaction_id".into(), json!(txn));
     }
     if row.kind == "m.room.member"
-        && let Some(m) = out.get("content").and_then(|c| c.get("membership")).cloned()
+        && let Some(m) = out
+            .get("content")
+            .and_then(|c| c.get("membership"))
+            .cloned()
     {
         unsigned.insert("membership".into(), m);
     }
@@ -101,8 +107,14 @@ pub fn client_event(
 
 impl Rooms {
     /// Formats events for a viewer, applying redactions.
-    pub async fn format_events(&self, rows: &[EventRow], viewer: Option<Viewer<'_>>, shape: Shape) -> Result<Vec<Value>> {
-        let redaction_ids: Vec<String> = rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
+    pub async fn format_events(
+        &self,
+        rows: &[EventRow],
+        viewer: Option<Viewer<'_>>,
+        shape: Shape,
+    ) -> Result<Vec<Value>> {
+        let redaction_ids: Vec<String> =
+            rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
         let redactions: HashMap<String, EventRow> = if redaction_ids.is_empty() {
             HashMap::new()
         } else {
@@ -122,7 +134,11 @@ impl Rooms {
             let redaction = row.redacted_by.as_ref().and_then(|id| redactions.get(id));
             let r = if redaction.is_some() {
                 if !rules.contains_key(&row.room_id) {
-                    let got = self.room_version(&row.room_id).await.ok().map(|(_, r)| r.redaction);
+                    let got = self
+                        .room_version(&row.room_id)
+                        .await
+                        .ok()
+                        .map(|(_, r)| r.redaction);
                     rules.insert(row.room_id.clone(), got);
                 }
                 rules.get(&row.room_id).and_then(|r| r.as_ref())

@@ -41,24 +41,37 @@ pub struct ServerKey {
 
 impl std::fmt::Debug for ServerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerKey").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("ServerKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl ServerKey {
     /// Loads the key at `path`, creating it (and its directory) if it does not exist.
     pub fn load_or_generate(path: &str) -> Result<ServerKey, KeyError> {
-        let io = |source| KeyError::Io { path: path.to_owned(), source };
-        let malformed = |reason: &str| KeyError::Malformed { path: path.to_owned(), reason: reason.to_owned() };
+        let io = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let malformed = |reason: &str| KeyError::Malformed {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
         if !Path::new(path).exists() {
-            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
             let der = Ed25519KeyPair::generate();
             let version: String = {
                 use rand::Rng;
                 let mut rng = rand::rng();
-                (0..6).map(|_| char::from(rng.sample(rand::distr::Alphanumeric))).collect()
+                (0..6)
+                    .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+                    .collect()
             };
             let line = format!("ed25519 a_{version} {}\n", STANDARD_NO_PAD.encode(&der[..]));
             let mut opts = std::fs::OpenOptions::new();
@@ -77,13 +90,26 @@ impl ServerKey {
         if parts.next() != Some("ed25519") {
             return Err(malformed("expected `ed25519 <version> <key>`"));
         }
-        let version = parts.next().ok_or_else(|| malformed("missing key version"))?.to_owned();
+        let version = parts
+            .next()
+            .ok_or_else(|| malformed("missing key version"))?
+            .to_owned();
         let der = STANDARD_NO_PAD
-            .decode(parts.next().ok_or_else(|| malformed("missing key"))?.trim_end_matches('='))
+            .decode(
+                parts
+                    .next()
+                    .ok_or_else(|| malformed("missing key"))?
+                    .trim_end_matches('='),
+            )
             .map_err(|e| malformed(&e.to_string()))?;
-        let pair = Ed25519KeyPair::from_der(&der, version.clone()).map_err(|e| malformed(&e.to_string()))?;
+        let pair = Ed25519KeyPair::from_der(&der, version.clone())
+            .map_err(|e| malformed(&e.to_string()))?;
         let public_base64 = STANDARD_NO_PAD.encode(pair.public_key());
-        Ok(ServerKey { pair, key_id: format!("ed25519:{version}"), public_base64 })
+        Ok(ServerKey {
+            pair,
+            key_id: format!("ed25519:{version}"),
+            public_base64,
+        })
     }
 }
 
@@ -101,7 +127,10 @@ mod tests {
         assert_eq!(a.key_id, b.key_id);
         assert_eq!(a.public_base64, b.public_base64);
         std::fs::write(path, "rsa nope").expect("overwrite");
-        assert!(matches!(ServerKey::load_or_generate(path), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            ServerKey::load_or_generate(path),
+            Err(KeyError::Malformed { .. })
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -9,8 +9,8 @@ mod create_room;
 pub mod format;
 pub mod keys;
 mod membership;
-pub mod reads;
 pub mod persister;
+pub mod reads;
 mod send;
 pub mod streams;
 pub mod typing;
@@ -66,7 +66,14 @@ impl Rooms {
         default_version: RoomVersionId,
     ) -> Rooms {
         Rooms {
-            inner: Arc::new(Inner { store, persister, key, server_name, default_version, locks: Default::default() }),
+            inner: Arc::new(Inner {
+                store,
+                persister,
+                key,
+                server_name,
+                default_version,
+                locks: Default::default(),
+            }),
         }
     }
 
@@ -114,14 +121,23 @@ impl Rooms {
             .await
             .map_err(storage_error)?
             .ok_or_else(|| Error::not_found("unknown room"))?;
-        let version = RoomVersionId::try_from(room.version.as_str()).map_err(|e| Error::internal(e.to_string()))?;
-        let rules = version.rules().ok_or_else(|| Error::internal("stored room has an unsupported version"))?;
+        let version = RoomVersionId::try_from(room.version.as_str())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::internal("stored room has an unsupported version"))?;
         Ok((version, rules))
     }
 
     /// Loads a PDU by id.
     pub async fn load_pdu(&self, event_id: &str) -> Result<Option<Arc<Pdu>>> {
-        let Some(row) = self.inner.store.select_event(event_id).await.map_err(storage_error)? else {
+        let Some(row) = self
+            .inner
+            .store
+            .select_event(event_id)
+            .await
+            .map_err(storage_error)?
+        else {
             return Ok(None);
         };
         pdu_from_row(&row).map(|p| Some(Arc::new(p)))
@@ -129,22 +145,52 @@ impl Rooms {
 
     /// Loads PDUs by id (unknown ids skipped).
     pub async fn load_pdus(&self, ids: &[String]) -> Result<HashMap<String, Arc<Pdu>>> {
-        let rows = self.inner.store.select_events(ids).await.map_err(storage_error)?;
-        rows.iter().map(|r| Ok((r.event_id.clone(), Arc::new(pdu_from_row(r)?)))).collect()
+        let rows = self
+            .inner
+            .store
+            .select_events(ids)
+            .await
+            .map_err(storage_error)?;
+        rows.iter()
+            .map(|r| Ok((r.event_id.clone(), Arc::new(pdu_from_row(r)?))))
+            .collect()
     }
 
     /// The content of a current state event, if set.
-    pub async fn current_state_content(&self, room_id: &str, kind: &str, state_key: &str) -> Result<Option<serde_json::Value>> {
-        let Some(id) = self.inner.store.select_current_state_event(room_id, kind, state_key).await.map_err(storage_error)? else {
+    pub async fn current_state_content(
+        &self,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let Some(id) = self
+            .inner
+            .store
+            .select_current_state_event(room_id, kind, state_key)
+            .await
+            .map_err(storage_error)?
+        else {
             return Ok(None);
         };
-        Ok(self.load_pdu(&id).await?.and_then(|p| p.content_as::<serde_json::Value>()))
+        Ok(self
+            .load_pdu(&id)
+            .await?
+            .and_then(|p| p.content_as::<serde_json::Value>()))
     }
 }
 
 /// Parses a stored row into a PDU.
 pub fn pdu_from_row(row: &EventRow) -> Result<Pdu> {
-    let event_id = row.event_id.as_str().try_into().map_err(|_| Error::internal("stored event id is invalid"))?;
-    let room_id = row.room_id.as_str().try_into().map_err(|_| Error::internal("stored room id is invalid"))?;
-    Pdu::from_json(row.json.as_str().into(), Some(event_id), Some(room_id)).map_err(|e| Error::internal(e.to_string()))
+    let event_id = row
+        .event_id
+        .as_str()
+        .try_into()
+        .map_err(|_| Error::internal("stored event id is invalid"))?;
+    let room_id = row
+        .room_id
+        .as_str()
+        .try_into()
+        .map_err(|_| Error::internal("stored room id is invalid"))?;
+    Pdu::from_json(row.json.as_str().into(), Some(event_id), Some(room_id))
+        .map_err(|e| Error::internal(e.to_string()))
 }

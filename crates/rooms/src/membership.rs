@@ -18,10 +18,19 @@ impl Rooms {
     ) -> Result<SendOutcome> {
         // A member event carries the target's profile when they are local (Synapse does this
         // for joins and invites).
-        let membership = content.get("membership").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let membership = content
+            .get("membership")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if matches!(membership.as_str(), "join" | "invite" | "knock")
             && target.server_name() == self.server_name()
-            && let Some(user) = self.inner.store.select_user(target.as_str()).await.map_err(storage_error)?
+            && let Some(user) = self
+                .inner
+                .store
+                .select_user(target.as_str())
+                .await
+                .map_err(storage_error)?
         {
             if let Some(d) = user.displayname {
                 content["displayname"] = json!(d);
@@ -41,7 +50,12 @@ impl Rooms {
 
     /// Joins a local room. Unknown rooms answer `M_NOT_FOUND` (remote joins come with
     /// federation).
-    pub async fn join(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<SendOutcome> {
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<SendOutcome> {
         let room = self
             .inner
             .store
@@ -51,12 +65,25 @@ impl Rooms {
             .ok_or_else(|| Error::not_found("no known servers to join this room through"))?;
         // Already joined: joining again is a no-op that returns the room (Synapse sends a
         // profile-refresh event; we answer with the current membership).
-        if let Some((m, event_id)) = self.inner.store.select_membership(&room.room_id, user.as_str()).await.map_err(storage_error)?
+        if let Some((m, event_id)) = self
+            .inner
+            .store
+            .select_membership(&room.room_id, user.as_str())
+            .await
+            .map_err(storage_error)?
             && m == "join"
-            && let Some(row) = self.inner.store.select_event(&event_id).await.map_err(storage_error)?
+            && let Some(row) = self
+                .inner
+                .store
+                .select_event(&event_id)
+                .await
+                .map_err(storage_error)?
         {
             return Ok(SendOutcome {
-                event_id: event_id.as_str().try_into().map_err(|_| Error::internal("bad stored id"))?,
+                event_id: event_id
+                    .as_str()
+                    .try_into()
+                    .map_err(|_| Error::internal("bad stored id"))?,
                 room_id: room_id.to_owned(),
                 pos: ganglion_core::StreamPos(row.stream_ordering),
             });
@@ -73,15 +100,30 @@ impl Rooms {
 
     /// For a restricted room the user is not invited to: a joined local member with
     /// invite power, if the user is in one of the allowed rooms.
-    async fn restricted_join_authoriser(&self, room_id: &RoomId, user: &UserId) -> Result<Option<OwnedUserId>> {
-        let Some(jr) = self.current_state_content(room_id.as_str(), "m.room.join_rules", "").await? else {
+    async fn restricted_join_authoriser(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<Option<OwnedUserId>> {
+        let Some(jr) = self
+            .current_state_content(room_id.as_str(), "m.room.join_rules", "")
+            .await?
+        else {
             return Ok(None);
         };
-        let rule = jr.get("join_rule").and_then(Value::as_str).unwrap_or_default();
+        let rule = jr
+            .get("join_rule")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if rule != "restricted" && rule != "knock_restricted" {
             return Ok(None);
         }
-        if let Some((m, _)) = self.inner.store.select_membership(room_id.as_str(), user.as_str()).await.map_err(storage_error)?
+        if let Some((m, _)) = self
+            .inner
+            .store
+            .select_membership(room_id.as_str(), user.as_str())
+            .await
+            .map_err(storage_error)?
             && (m == "invite" || m == "join")
         {
             return Ok(None);
@@ -98,7 +140,12 @@ impl Rooms {
             .unwrap_or_default();
         let mut member_of_allowed = false;
         for r in &allowed {
-            if let Some((m, _)) = self.inner.store.select_membership(r, user.as_str()).await.map_err(storage_error)?
+            if let Some((m, _)) = self
+                .inner
+                .store
+                .select_membership(r, user.as_str())
+                .await
+                .map_err(storage_error)?
                 && m == "join"
             {
                 member_of_allowed = true;
@@ -108,11 +155,25 @@ impl Rooms {
         if !member_of_allowed {
             return Err(Error::forbidden("you are not allowed to join this room"));
         }
-        let pl = self.current_state_content(room_id.as_str(), "m.room.power_levels", "").await?;
-        let invite_level = pl.as_ref().and_then(|p| p.get("invite")).and_then(crate::send::as_int).unwrap_or(0);
+        let pl = self
+            .current_state_content(room_id.as_str(), "m.room.power_levels", "")
+            .await?;
+        let invite_level = pl
+            .as_ref()
+            .and_then(|p| p.get("invite"))
+            .and_then(crate::send::as_int)
+            .unwrap_or(0);
         let creators = self.creators(room_id).await?;
-        for (member, _, _) in self.inner.store.select_room_members(room_id.as_str(), &["join"]).await.map_err(storage_error)? {
-            let Ok(uid) = OwnedUserId::try_from(member.as_str()) else { continue };
+        for (member, _, _) in self
+            .inner
+            .store
+            .select_room_members(room_id.as_str(), &["join"])
+            .await
+            .map_err(storage_error)?
+        {
+            let Ok(uid) = OwnedUserId::try_from(member.as_str()) else {
+                continue;
+            };
             if uid.server_name() == self.server_name()
                 && crate::send::power_level_of(pl.as_ref(), uid.as_str(), &creators) >= invite_level
             {
@@ -123,11 +184,27 @@ impl Rooms {
     }
 
     /// Invites a user.
-    pub async fn invite(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>, is_direct: bool) -> Result<SendOutcome> {
+    pub async fn invite(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> Result<SendOutcome> {
         if target.server_name() != self.server_name() {
-            return Err(Error::forbidden("inviting users on other servers needs federation, which is not enabled"));
+            return Err(Error::forbidden(
+                "inviting users on other servers needs federation, which is not enabled",
+            ));
         }
-        if self.inner.store.select_user(target.as_str()).await.map_err(storage_error)?.is_none() {
+        if self
+            .inner
+            .store
+            .select_user(target.as_str())
+            .await
+            .map_err(storage_error)?
+            .is_none()
+        {
             return Err(Error::not_found("unknown user"));
         }
         let mut content = json!({ "membership": "invite" });
@@ -137,12 +214,24 @@ impl Rooms {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        self.member_event(room_id, sender, target, content, None).await
+        self.member_event(room_id, sender, target, content, None)
+            .await
     }
 
     /// Leaves a room (or rejects an invite, or withdraws a knock).
-    pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<SendOutcome> {
-        match self.inner.store.select_membership(room_id.as_str(), user.as_str()).await.map_err(storage_error)? {
+    pub async fn leave(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<SendOutcome> {
+        match self
+            .inner
+            .store
+            .select_membership(room_id.as_str(), user.as_str())
+            .await
+            .map_err(storage_error)?
+        {
             Some((m, _)) if m == "join" || m == "invite" || m == "knock" => {}
             _ => return Err(Error::forbidden("you are not in this room")),
         }
@@ -154,8 +243,20 @@ impl Rooms {
     }
 
     /// Kicks, bans or unbans `target`; `membership` is `leave` (kick or unban) or `ban`.
-    pub async fn set_membership_of(&self, room_id: &RoomId, sender: &UserId, target: &UserId, membership: &str, reason: Option<&str>) -> Result<SendOutcome> {
-        let current = self.inner.store.select_membership(room_id.as_str(), target.as_str()).await.map_err(storage_error)?;
+    pub async fn set_membership_of(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<SendOutcome> {
+        let current = self
+            .inner
+            .store
+            .select_membership(room_id.as_str(), target.as_str())
+            .await
+            .map_err(storage_error)?;
         match (membership, current.as_ref().map(|(m, _)| m.as_str())) {
             ("leave", Some("join" | "invite" | "knock" | "ban")) | ("ban", _) => {}
             ("leave", _) => return Err(Error::forbidden("the user is not in the room")),
@@ -165,12 +266,25 @@ impl Rooms {
         if let Some(r) = reason {
             content["reason"] = json!(r);
         }
-        self.member_event(room_id, sender, target, content, None).await
+        self.member_event(room_id, sender, target, content, None)
+            .await
     }
 
     /// Knocks on a room.
-    pub async fn knock(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<SendOutcome> {
-        if self.inner.store.select_room(room_id.as_str()).await.map_err(storage_error)?.is_none() {
+    pub async fn knock(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) -> Result<SendOutcome> {
+        if self
+            .inner
+            .store
+            .select_room(room_id.as_str())
+            .await
+            .map_err(storage_error)?
+            .is_none()
+        {
             return Err(Error::not_found("no known servers to knock through"));
         }
         let mut content = json!({ "membership": "knock" });
@@ -182,11 +296,21 @@ impl Rooms {
 
     /// Re-sends a local user's member events after a profile change (spec: profile changes
     /// "SHOULD" update member events in every joined room).
-    pub async fn refresh_member_profile(&self, user: &UserId) -> Result<Option<ganglion_core::StreamPos>> {
-        let rooms = self.inner.store.select_user_rooms(user.as_str(), &["join"]).await.map_err(storage_error)?;
+    pub async fn refresh_member_profile(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<ganglion_core::StreamPos>> {
+        let rooms = self
+            .inner
+            .store
+            .select_user_rooms(user.as_str(), &["join"])
+            .await
+            .map_err(storage_error)?;
         let mut last = None;
         for (room_id, _, event_id, _) in rooms {
-            let Ok(room_id) = ruma::OwnedRoomId::try_from(room_id.as_str()) else { continue };
+            let Ok(room_id) = ruma::OwnedRoomId::try_from(room_id.as_str()) else {
+                continue;
+            };
             let mut content = self
                 .load_pdu(&event_id)
                 .await?
@@ -200,34 +324,67 @@ impl Rooms {
             }
             match self.member_event(&room_id, user, user, content, None).await {
                 Ok(o) => last = Some(o.pos),
-                Err(e) => tracing::warn!(room = %room_id, error = %e, "could not refresh member profile"),
+                Err(e) => {
+                    tracing::warn!(room = %room_id, error = %e, "could not refresh member profile")
+                }
             }
         }
         Ok(last)
     }
 
     /// Unbans a banned user (their membership becomes `leave`).
-    pub async fn unban(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<SendOutcome> {
-        match self.inner.store.select_membership(room_id.as_str(), target.as_str()).await.map_err(storage_error)? {
-            Some((m, _)) if m == "ban" => self.set_membership_of(room_id, sender, target, "leave", reason).await,
+    pub async fn unban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<SendOutcome> {
+        match self
+            .inner
+            .store
+            .select_membership(room_id.as_str(), target.as_str())
+            .await
+            .map_err(storage_error)?
+        {
+            Some((m, _)) if m == "ban" => {
+                self.set_membership_of(room_id, sender, target, "leave", reason)
+                    .await
+            }
             _ => Err(Error::forbidden("the user is not banned")),
         }
     }
 
     /// Forgets a room the user has left.
     pub async fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
-        match self.inner.store.select_membership(room_id.as_str(), user.as_str()).await.map_err(storage_error)? {
-            Some((m, _)) if m == "join" || m == "invite" || m == "knock" => {
-                Err(Error::unknown("you must leave the room before forgetting it"))
-            }
+        match self
+            .inner
+            .store
+            .select_membership(room_id.as_str(), user.as_str())
+            .await
+            .map_err(storage_error)?
+        {
+            Some((m, _)) if m == "join" || m == "invite" || m == "knock" => Err(Error::unknown(
+                "you must leave the room before forgetting it",
+            )),
             None => Err(Error::not_found("you were never in this room")),
-            Some(_) => self.inner.store.insert_forgotten(user.as_str(), room_id.as_str()).await.map_err(storage_error),
+            Some(_) => self
+                .inner
+                .store
+                .insert_forgotten(user.as_str(), room_id.as_str())
+                .await
+                .map_err(storage_error),
         }
     }
 
     /// The rooms a user is joined to.
     pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<String>> {
-        let rooms = self.inner.store.select_user_rooms(user.as_str(), &["join"]).await.map_err(storage_error)?;
+        let rooms = self
+            .inner
+            .store
+            .select_user_rooms(user.as_str(), &["join"])
+            .await
+            .map_err(storage_error)?;
         Ok(rooms.into_iter().map(|(r, _, _, _)| r).collect())
     }
 }

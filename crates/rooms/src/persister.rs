@@ -36,12 +36,31 @@ pub struct Persister {
 
 impl Persister {
     /// Starts the persister task; it runs until `shutdown` fires and its queue is drained.
-    pub async fn start(store: Store, bus: Bus, shutdown: CancellationToken) -> Result<(Persister, tokio::task::JoinHandle<()>), Error> {
-        let next_ordering = store.select_max_stream_ordering().await.map_err(crate::storage_error)? + 1;
-        let next_group = store.select_max_state_group().await.map_err(crate::storage_error)? + 1;
+    pub async fn start(
+        store: Store,
+        bus: Bus,
+        shutdown: CancellationToken,
+    ) -> Result<(Persister, tokio::task::JoinHandle<()>), Error> {
+        let next_ordering = store
+            .select_max_stream_ordering()
+            .await
+            .map_err(crate::storage_error)?
+            + 1;
+        let next_group = store
+            .select_max_state_group()
+            .await
+            .map_err(crate::storage_error)?
+            + 1;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (pos_tx, position) = watch::channel(StreamPos(next_ordering - 1));
-        let task = Task { store, bus, rx, next_ordering, next_group, pos_tx };
+        let task = Task {
+            store,
+            bus,
+            rx,
+            next_ordering,
+            next_group,
+            pos_tx,
+        };
         let handle = tokio::spawn(task.run(shutdown));
         Ok((Persister { tx, position }, handle))
     }
@@ -49,11 +68,14 @@ impl Persister {
     /// Persists one event; resolves once it is committed (and announced).
     pub async fn persist(&self, event: NewEvent) -> Result<Persisted, Error> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job { event, reply })
-            .await
-            .map_err(|_| Error::new(ganglion_core::ErrorKind::Unavailable, "server is shutting down"))?;
-        rx.await.map_err(|_| Error::internal("persister dropped the event"))?
+        self.tx.send(Job { event, reply }).await.map_err(|_| {
+            Error::new(
+                ganglion_core::ErrorKind::Unavailable,
+                "server is shutting down",
+            )
+        })?;
+        rx.await
+            .map_err(|_| Error::internal("persister dropped the event"))?
     }
 
     /// The last committed position of the events stream.
@@ -94,14 +116,22 @@ impl Task {
 
     async fn write(&mut self, jobs: Vec<Job>) {
         let events: Vec<NewEvent> = jobs.iter().map(|j| j.event.clone()).collect();
-        match self.store.persist_events(&events, self.next_ordering, self.next_group).await {
+        match self
+            .store
+            .persist_events(&events, self.next_ordering, self.next_group)
+            .await
+        {
             Ok(done) => self.finish(jobs, done),
             Err(e) if jobs.len() > 1 => {
                 // One bad event must not fail its batch-mates: retry them one by one.
                 tracing::warn!(error = %e, batch = jobs.len(), "batch persist failed; retrying singly");
                 for job in jobs {
                     let one = [job.event.clone()];
-                    match self.store.persist_events(&one, self.next_ordering, self.next_group).await {
+                    match self
+                        .store
+                        .persist_events(&one, self.next_ordering, self.next_group)
+                        .await
+                    {
                         Ok(done) => self.finish(vec![job], done),
                         Err(e) => {
                             let _ = job.reply.send(Err(crate::storage_error(e)));
@@ -130,7 +160,11 @@ impl Task {
             rows.push(Row {
                 room_id: ev.room_id.clone(),
                 event_id: ev.event_id.clone(),
-                user_id: if ev.kind == "m.room.member" { ev.state_key.clone().unwrap_or_default() } else { String::new() },
+                user_id: if ev.kind == "m.room.member" {
+                    ev.state_key.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
                 kind: ev.kind.clone(),
                 state_key: ev.state_key.clone(),
                 user_ids: Vec::new(),
@@ -140,7 +174,13 @@ impl Task {
         let pos = self.next_ordering - 1;
         let _ = self.pos_tx.send(StreamPos(pos));
         // Announce before answering, so a client's next request finds readers woken.
-        self.bus.publish(Entry { writer: String::new(), stream: StreamKind::Events as i32, prev, pos, rows });
+        self.bus.publish(Entry {
+            writer: String::new(),
+            stream: StreamKind::Events as i32,
+            prev,
+            pos,
+            rows,
+        });
         for (reply, p) in replies {
             let _ = reply.send(Ok(p));
         }

@@ -54,7 +54,11 @@ impl EventFilter {
         if let Some(want) = self.contains_url {
             let has = serde_json::from_str::<Value>(&row.json)
                 .ok()
-                .and_then(|v| v.get("content").and_then(|c| c.get("url")).map(|u| u.is_string()))
+                .and_then(|v| {
+                    v.get("content")
+                        .and_then(|c| c.get("url"))
+                        .map(|u| u.is_string())
+                })
                 .unwrap_or(false);
             if has != want {
                 return false;
@@ -65,7 +69,11 @@ impl EventFilter {
 
     /// Whether the filter excludes nothing.
     pub fn is_empty(&self) -> bool {
-        self.types.is_none() && self.not_types.is_empty() && self.senders.is_none() && self.not_senders.is_empty() && self.contains_url.is_none()
+        self.types.is_none()
+            && self.not_types.is_empty()
+            && self.senders.is_none()
+            && self.not_senders.is_empty()
+            && self.contains_url.is_none()
     }
 }
 
@@ -82,6 +90,21 @@ pub struct MessagesPage {
     pub state: Vec<EventRow>,
 }
 
+/// The paging parameters of `/messages`.
+#[derive(Debug, Clone, Copy)]
+pub struct MessagesQuery<'a> {
+    /// Where to start (default: the newest event going back, the oldest going forward).
+    pub from: Option<PageToken>,
+    /// Where to stop.
+    pub to: Option<PageToken>,
+    /// Newest first.
+    pub backwards: bool,
+    /// At most this many events.
+    pub limit: usize,
+    /// Which events.
+    pub filter: &'a EventFilter,
+}
+
 /// How far back and forward a user may read a room.
 struct ReadBounds {
     upto: i64,
@@ -92,12 +115,26 @@ impl Rooms {
     /// world-readable), their leave if they left; `M_FORBIDDEN` if they were never in it.
     async fn read_bounds(&self, user_id: &str, room_id: &str) -> Result<ReadBounds> {
         let now = self.events_position().0;
-        match self.inner.store.select_membership(room_id, user_id).await.map_err(storage_error)? {
+        match self
+            .inner
+            .store
+            .select_membership(room_id, user_id)
+            .await
+            .map_err(storage_error)?
+        {
             Some((m, _)) if m == "join" => return Ok(ReadBounds { upto: now }),
             Some((m, event_id)) if m == "leave" || m == "ban" => {
-                if let Some(row) = self.inner.store.select_event(&event_id).await.map_err(storage_error)? {
+                if let Some(row) = self
+                    .inner
+                    .store
+                    .select_event(&event_id)
+                    .await
+                    .map_err(storage_error)?
+                {
                     let world = self.history_visibility(room_id).await? == "world_readable";
-                    return Ok(ReadBounds { upto: if world { now } else { row.stream_ordering } });
+                    return Ok(ReadBounds {
+                        upto: if world { now } else { row.stream_ordering },
+                    });
                 }
             }
             _ => {}
@@ -112,7 +149,11 @@ impl Rooms {
         Ok(self
             .current_state_content(room_id, "m.room.history_visibility", "")
             .await?
-            .and_then(|c| c.get("history_visibility").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|c| {
+                c.get("history_visibility")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| "shared".into()))
     }
 
@@ -121,32 +162,52 @@ impl Rooms {
         &self,
         user_id: &str,
         room_id: &str,
-        from: Option<PageToken>,
-        to: Option<PageToken>,
-        backwards: bool,
-        limit: usize,
-        filter: &EventFilter,
+        q: &MessagesQuery<'_>,
     ) -> Result<MessagesPage> {
+        let MessagesQuery {
+            from,
+            to,
+            backwards,
+            limit,
+            filter,
+        } = *q;
         let bounds = self.read_bounds(user_id, room_id).await?;
         let limit = limit.clamp(1, 1000);
-        let start = from.unwrap_or(PageToken(StreamPos(if backwards { bounds.upto } else { 0 })));
+        let start = from.unwrap_or(PageToken(StreamPos(if backwards {
+            bounds.upto
+        } else {
+            0
+        })));
         let mut chunk = Vec::new();
-        let mut cursor = start.0.0.min(if backwards { bounds.upto } else { i64::MAX });
+        let mut cursor = start
+            .0
+            .0
+            .min(if backwards { bounds.upto } else { i64::MAX });
         let mut exhausted = false;
         // Fetch in rounds until the filtered page is full or the room is exhausted.
         while chunk.len() < limit {
             let want = i64::try_from((limit - chunk.len()) * 2 + 10).unwrap_or(100);
             let rows = if backwards {
                 let floor = to.map_or(0, |t| t.0.0);
-                self.inner.store.select_room_events(room_id, floor, cursor, true, want).await
+                self.inner
+                    .store
+                    .select_room_events(room_id, floor, cursor, true, want)
+                    .await
             } else {
                 let ceiling = to.map_or(bounds.upto, |t| t.0.0.min(bounds.upto));
-                self.inner.store.select_room_events(room_id, cursor, ceiling, false, want).await
+                self.inner
+                    .store
+                    .select_room_events(room_id, cursor, ceiling, false, want)
+                    .await
             }
             .map_err(storage_error)?;
             let got = rows.len();
             for row in rows {
-                cursor = if backwards { row.stream_ordering - 1 } else { row.stream_ordering };
+                cursor = if backwards {
+                    row.stream_ordering - 1
+                } else {
+                    row.stream_ordering
+                };
                 if filter.matches(&row) {
                     chunk.push(row);
                     if chunk.len() == limit {
@@ -160,17 +221,37 @@ impl Rooms {
             }
         }
         let chunk = self.filter_visible(user_id, chunk).await?;
-        let end = if exhausted && chunk.len() < limit { None } else { Some(PageToken(StreamPos(cursor.max(0)))) };
-        let state = if filter.lazy_load_members { self.member_events_for(room_id, &chunk).await? } else { Vec::new() };
-        Ok(MessagesPage { chunk, start, end, state })
+        let end = if exhausted && chunk.len() < limit {
+            None
+        } else {
+            Some(PageToken(StreamPos(cursor.max(0))))
+        };
+        let state = if filter.lazy_load_members {
+            self.member_events_for(room_id, &chunk).await?
+        } else {
+            Vec::new()
+        };
+        Ok(MessagesPage {
+            chunk,
+            start,
+            end,
+            state,
+        })
     }
 
     /// The current member events of the senders of `events` (lazy loading).
-    pub async fn member_events_for(&self, room_id: &str, events: &[EventRow]) -> Result<Vec<EventRow>> {
+    pub async fn member_events_for(
+        &self,
+        room_id: &str,
+        events: &[EventRow],
+    ) -> Result<Vec<EventRow>> {
         let mut senders: Vec<String> = events.iter().map(|e| e.sender.clone()).collect();
         senders.sort();
         senders.dedup();
-        let keys: Vec<(String, String)> = senders.into_iter().map(|s| ("m.room.member".to_owned(), s)).collect();
+        let keys: Vec<(String, String)> = senders
+            .into_iter()
+            .map(|s| ("m.room.member".to_owned(), s))
+            .collect();
         let ids: Vec<String> = self
             .inner
             .store
@@ -179,7 +260,11 @@ impl Rooms {
             .map_err(storage_error)?
             .into_values()
             .collect();
-        self.inner.store.select_events(&ids).await.map_err(storage_error)
+        self.inner
+            .store
+            .select_events(&ids)
+            .await
+            .map_err(storage_error)
     }
 
     /// `GET /rooms/{roomId}/context/{eventId}`: (before newest-first, event, after, state, start, end).
@@ -190,7 +275,14 @@ impl Rooms {
         event_id: &str,
         limit: usize,
         filter: &EventFilter,
-    ) -> Result<(Vec<EventRow>, EventRow, Vec<EventRow>, Vec<EventRow>, PageToken, PageToken)> {
+    ) -> Result<(
+        Vec<EventRow>,
+        EventRow,
+        Vec<EventRow>,
+        Vec<EventRow>,
+        PageToken,
+        PageToken,
+    )> {
         let bounds = self.read_bounds(user_id, room_id).await?;
         let event = self
             .inner
@@ -200,29 +292,67 @@ impl Rooms {
             .map_err(storage_error)?
             .filter(|e| e.room_id == room_id && e.stream_ordering <= bounds.upto)
             .ok_or_else(|| Error::not_found("event not found"))?;
-        if self.filter_visible(user_id, vec![event.clone()]).await?.is_empty() {
+        if self
+            .filter_visible(user_id, vec![event.clone()])
+            .await?
+            .is_empty()
+        {
             return Err(Error::not_found("event not found"));
         }
         let half = limit / 2;
         let before_n = half;
         let after_n = limit - half;
         let from_before = PageToken(StreamPos(event.stream_ordering - 1));
-        let before = self.messages(user_id, room_id, Some(from_before), None, true, before_n.max(1), filter).await?;
-        let before_rows = if before_n == 0 { Vec::new() } else { before.chunk };
-        let after = self
-            .messages(user_id, room_id, Some(PageToken(StreamPos(event.stream_ordering))), None, false, after_n.max(1), filter)
-            .await?;
-        let after_rows = if after_n == 0 { Vec::new() } else { after.chunk };
-        let start = PageToken(StreamPos(before_rows.last().map_or(event.stream_ordering - 1, |e| e.stream_ordering - 1)));
-        let end = PageToken(StreamPos(after_rows.last().map_or(event.stream_ordering, |e| e.stream_ordering)));
+        let q = MessagesQuery {
+            from: Some(from_before),
+            to: None,
+            backwards: true,
+            limit: before_n.max(1),
+            filter,
+        };
+        let before = self.messages(user_id, room_id, &q).await?;
+        let before_rows = if before_n == 0 {
+            Vec::new()
+        } else {
+            before.chunk
+        };
+        let q = MessagesQuery {
+            from: Some(PageToken(StreamPos(event.stream_ordering))),
+            to: None,
+            backwards: false,
+            limit: after_n.max(1),
+            filter,
+        };
+        let after = self.messages(user_id, room_id, &q).await?;
+        let after_rows = if after_n == 0 {
+            Vec::new()
+        } else {
+            after.chunk
+        };
+        let start = PageToken(StreamPos(
+            before_rows
+                .last()
+                .map_or(event.stream_ordering - 1, |e| e.stream_ordering - 1),
+        ));
+        let end = PageToken(StreamPos(
+            after_rows
+                .last()
+                .map_or(event.stream_ordering, |e| e.stream_ordering),
+        ));
         let state = match event.state_group {
             Some(g) => {
-                let entries = self.inner.store.select_state_group(g).await.map_err(storage_error)?;
+                let entries = self
+                    .inner
+                    .store
+                    .select_state_group(g)
+                    .await
+                    .map_err(storage_error)?;
                 let ids: Vec<String> = if filter.lazy_load_members {
                     let mut all = before_rows.clone();
                     all.push(event.clone());
                     all.extend(after_rows.iter().cloned());
-                    let senders: std::collections::BTreeSet<String> = all.iter().map(|e| e.sender.clone()).collect();
+                    let senders: std::collections::BTreeSet<String> =
+                        all.iter().map(|e| e.sender.clone()).collect();
                     entries
                         .iter()
                         .filter(|((t, k), _)| t != "m.room.member" || senders.contains(k))
@@ -231,7 +361,11 @@ impl Rooms {
                 } else {
                     entries.into_values().collect()
                 };
-                self.inner.store.select_events(&ids).await.map_err(storage_error)?
+                self.inner
+                    .store
+                    .select_events(&ids)
+                    .await
+                    .map_err(storage_error)?
             }
             None => Vec::new(),
         };
@@ -239,7 +373,12 @@ impl Rooms {
     }
 
     /// `GET /rooms/{roomId}/event/{eventId}`.
-    pub async fn event_for(&self, user_id: &str, room_id: &str, event_id: &str) -> Result<EventRow> {
+    pub async fn event_for(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        event_id: &str,
+    ) -> Result<EventRow> {
         let bounds = self.read_bounds(user_id, room_id).await?;
         let event = self
             .inner
@@ -249,7 +388,10 @@ impl Rooms {
             .map_err(storage_error)?
             .filter(|e| e.room_id == room_id && e.stream_ordering <= bounds.upto)
             .ok_or_else(|| Error::not_found("event not found"))?;
-        self.filter_visible(user_id, vec![event]).await?.pop().ok_or_else(|| Error::not_found("event not found"))
+        self.filter_visible(user_id, vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::not_found("event not found"))
     }
 
     /// The full state of a room as `user` may see it: current state when joined, the
@@ -261,15 +403,38 @@ impl Rooms {
 
     /// The room state at a stream position.
     pub async fn state_at(&self, room_id: &str, at: i64) -> Result<Vec<EventRow>> {
-        let Some(group) = self.inner.store.select_state_group_at(room_id, at).await.map_err(storage_error)? else {
+        let Some(group) = self
+            .inner
+            .store
+            .select_state_group_at(room_id, at)
+            .await
+            .map_err(storage_error)?
+        else {
             return Ok(Vec::new());
         };
-        let ids: Vec<String> = self.inner.store.select_state_group(group).await.map_err(storage_error)?.into_values().collect();
-        self.inner.store.select_events(&ids).await.map_err(storage_error)
+        let ids: Vec<String> = self
+            .inner
+            .store
+            .select_state_group(group)
+            .await
+            .map_err(storage_error)?
+            .into_values()
+            .collect();
+        self.inner
+            .store
+            .select_events(&ids)
+            .await
+            .map_err(storage_error)
     }
 
     /// One state event as `user` may see it.
-    pub async fn state_event_for(&self, user_id: &str, room_id: &str, kind: &str, state_key: &str) -> Result<EventRow> {
+    pub async fn state_event_for(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<EventRow> {
         let bounds = self.read_bounds(user_id, room_id).await?;
         let group = self
             .inner
@@ -278,11 +443,21 @@ impl Rooms {
             .await
             .map_err(storage_error)?
             .ok_or_else(|| Error::not_found("room has no state"))?;
-        let entries = self.inner.store.select_state_group(group).await.map_err(storage_error)?;
+        let entries = self
+            .inner
+            .store
+            .select_state_group(group)
+            .await
+            .map_err(storage_error)?;
         let id = entries
             .get(&(kind.to_owned(), state_key.to_owned()))
             .ok_or_else(|| Error::not_found("event not found"))?;
-        self.inner.store.select_event(id).await.map_err(storage_error)?.ok_or_else(|| Error::not_found("event not found"))
+        self.inner
+            .store
+            .select_event(id)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| Error::not_found("event not found"))
     }
 
     /// `GET /rooms/{roomId}/members`: member events at `at` (default now), filtered.
@@ -303,7 +478,12 @@ impl Rooms {
             .filter(|r| {
                 let m = serde_json::from_str::<Value>(&r.json)
                     .ok()
-                    .and_then(|v| v.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str).map(str::to_owned))
+                    .and_then(|v| {
+                        v.get("content")
+                            .and_then(|c| c.get("membership"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
                     .unwrap_or_default();
                 membership.is_none_or(|want| m == want) && not_membership.is_none_or(|not| m != not)
             })
@@ -311,7 +491,13 @@ impl Rooms {
     }
 
     /// `timestamp_to_event`: the visible event closest to `ts` in a direction.
-    pub async fn event_near_ts(&self, user_id: &str, room_id: &str, ts: i64, forwards: bool) -> Result<(String, i64)> {
+    pub async fn event_near_ts(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        ts: i64,
+        forwards: bool,
+    ) -> Result<(String, i64)> {
         self.read_bounds(user_id, room_id).await?;
         self.inner
             .store
@@ -322,24 +508,40 @@ impl Rooms {
     }
 
     /// Whether a joined user's power level reaches what a state event of `kind` needs.
-    pub async fn may_send_state(&self, user: &ruma::UserId, room_id: &str, kind: &str) -> Result<bool> {
+    pub async fn may_send_state(
+        &self,
+        user: &ruma::UserId,
+        room_id: &str,
+        kind: &str,
+    ) -> Result<bool> {
         if !self.is_joined(user.as_str(), room_id).await? {
             return Ok(false);
         }
-        let pl = self.current_state_content(room_id, "m.room.power_levels", "").await?;
-        let Ok(rid) = ruma::OwnedRoomId::try_from(room_id) else { return Ok(false) };
+        let pl = self
+            .current_state_content(room_id, "m.room.power_levels", "")
+            .await?;
+        let Ok(rid) = ruma::OwnedRoomId::try_from(room_id) else {
+            return Ok(false);
+        };
         let creators = self.creators(&rid).await?;
         let mine = crate::send::power_level_of(pl.as_ref(), user.as_str(), &creators);
         let needed = pl
             .as_ref()
-            .and_then(|p| p.get("events").and_then(|e| e.get(kind)).and_then(crate::send::as_int).or_else(|| p.get("state_default").and_then(crate::send::as_int)))
+            .and_then(|p| {
+                p.get("events")
+                    .and_then(|e| e.get(kind))
+                    .and_then(crate::send::as_int)
+                    .or_else(|| p.get("state_default").and_then(crate::send::as_int))
+            })
             .unwrap_or(if pl.is_some() { 50 } else { 0 });
         Ok(mine >= needed)
     }
 
     /// Whether `user` is joined to the room now.
     pub async fn is_joined(&self, user_id: &str, room_id: &str) -> Result<bool> {
-        Ok(matches!(self.inner.store.select_membership(room_id, user_id).await.map_err(storage_error)?, Some((m, _)) if m == "join"))
+        Ok(
+            matches!(self.inner.store.select_membership(room_id, user_id).await.map_err(storage_error)?, Some((m, _)) if m == "join"),
+        )
     }
 }
 
@@ -367,13 +569,25 @@ mod tests {
     fn filters_by_type_sender_and_url() {
         let msg = row("m.room.message", "@a:x", r#"{"body":"hi"}"#);
         let img = row("m.room.message", "@b:x", r#"{"url":"mxc://x/y"}"#);
-        let f = EventFilter { types: Some(vec!["m.room.*".into()]), ..Default::default() };
+        let f = EventFilter {
+            types: Some(vec!["m.room.*".into()]),
+            ..Default::default()
+        };
         assert!(f.matches(&msg));
-        let f = EventFilter { not_types: vec!["m.room.message".into()], ..Default::default() };
+        let f = EventFilter {
+            not_types: vec!["m.room.message".into()],
+            ..Default::default()
+        };
         assert!(!f.matches(&msg));
-        let f = EventFilter { senders: Some(vec!["@b:x".into()]), ..Default::default() };
+        let f = EventFilter {
+            senders: Some(vec!["@b:x".into()]),
+            ..Default::default()
+        };
         assert!(!f.matches(&msg) && f.matches(&img));
-        let f = EventFilter { contains_url: Some(true), ..Default::default() };
+        let f = EventFilter {
+            contains_url: Some(true),
+            ..Default::default()
+        };
         assert!(!f.matches(&msg) && f.matches(&img));
         assert!(EventFilter::default().is_empty());
     }

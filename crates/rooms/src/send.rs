@@ -12,7 +12,11 @@ use ruma::{
 };
 use serde_json::json;
 
-use crate::{Rooms, builder::{BuildContext, EventTemplate, build_pdu}, storage_error};
+use crate::{
+    Rooms,
+    builder::{BuildContext, EventTemplate, build_pdu},
+    storage_error,
+};
 
 /// A request to send one event.
 #[derive(Debug, Clone)]
@@ -50,16 +54,27 @@ impl Rooms {
         self.send_inner(req, None).await
     }
 
-    pub(crate) async fn send_inner(&self, req: SendRequest, creating: Option<Creating>) -> Result<SendOutcome> {
+    pub(crate) async fn send_inner(
+        &self,
+        req: SendRequest,
+        creating: Option<Creating>,
+    ) -> Result<SendOutcome> {
         let store = &self.inner.store;
         let _guard = self.lock_room(req.room_id.as_str()).await;
 
         if let Some((device, txn)) = &req.txn
-            && let Some(event_id) = store.select_txn_event(req.sender.as_str(), device, txn).await.map_err(storage_error)?
+            && let Some(event_id) = store
+                .select_txn_event(req.sender.as_str(), device, txn)
+                .await
+                .map_err(storage_error)?
             && let Some(row) = store.select_event(&event_id).await.map_err(storage_error)?
         {
             return Ok(SendOutcome {
-                event_id: row.event_id.as_str().try_into().map_err(|_| Error::internal("bad stored id"))?,
+                event_id: row
+                    .event_id
+                    .as_str()
+                    .try_into()
+                    .map_err(|_| Error::internal("bad stored id"))?,
                 room_id: req.room_id.clone(),
                 pos: StreamPos(row.stream_ordering),
             });
@@ -67,7 +82,12 @@ impl Rooms {
 
         let (version, rules, prev_group) = match &creating {
             Some(c) => {
-                let rules = c.version.rules().ok_or_else(|| Error::new(ganglion_core::ErrorKind::UnsupportedRoomVersion, "unsupported room version"))?;
+                let rules = c.version.rules().ok_or_else(|| {
+                    Error::new(
+                        ganglion_core::ErrorKind::UnsupportedRoomVersion,
+                        "unsupported room version",
+                    )
+                })?;
                 (c.version.clone(), rules, None)
             }
             None => {
@@ -83,17 +103,24 @@ impl Rooms {
 
         let tpl = &req.template;
         let kind = TimelineEventType::from(tpl.kind.as_str());
-        let content_raw = serde_json::value::to_raw_value(&tpl.content).map_err(|e| Error::bad_json(e.to_string()))?;
+        let content_raw = serde_json::value::to_raw_value(&tpl.content)
+            .map_err(|e| Error::bad_json(e.to_string()))?;
 
         // prev_events: the forward extremities.
         let extremities = if creating.is_some() {
             Vec::new()
         } else {
-            store.select_extremities(req.room_id.as_str()).await.map_err(storage_error)?
+            store
+                .select_extremities(req.room_id.as_str())
+                .await
+                .map_err(storage_error)?
         };
         let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
-        let prev_events: Vec<OwnedEventId> =
-            extremities.iter().take(10).filter_map(|(id, _)| id.as_str().try_into().ok()).collect();
+        let prev_events: Vec<OwnedEventId> = extremities
+            .iter()
+            .take(10)
+            .filter_map(|(id, _)| id.as_str().try_into().ok())
+            .collect();
 
         // auth_events: selected from current state by the auth rules.
         let auth_types = state_res::auth_types_for_event(
@@ -104,23 +131,42 @@ impl Rooms {
             &rules.authorization,
         )
         .map_err(|e| Error::bad_json(format!("invalid content for {}: {e}", tpl.kind)))?;
-        let keys: Vec<(String, String)> = auth_types.iter().map(|(t, k)| (t.to_string(), k.clone())).collect();
+        let mut keys: Vec<(String, String)> = auth_types
+            .iter()
+            .map(|(t, k)| (t.to_string(), k.clone()))
+            .collect();
+        // Room v12 leaves the create event out of auth_events, but the checks still need it.
+        if !keys.iter().any(|(t, _)| t == "m.room.create") {
+            keys.push(("m.room.create".to_owned(), String::new()));
+        }
         let auth_ids = if creating.is_some() {
             Default::default()
         } else {
-            store.select_current_state_keys(req.room_id.as_str(), &keys).await.map_err(storage_error)?
+            store
+                .select_current_state_keys(req.room_id.as_str(), &keys)
+                .await
+                .map_err(storage_error)?
         };
         let mut needed: Vec<String> = auth_ids.values().cloned().collect();
-        if rules.events_reference_format == ruma::room_version_rules::EventsReferenceFormatVersion::V1 {
+        if rules.events_reference_format
+            == ruma::room_version_rules::EventsReferenceFormatVersion::V1
+        {
             needed.extend(extremities.iter().map(|(id, _)| id.clone()));
         }
         let loaded = self.load_pdus(&needed).await?;
-        let referenced: HashMap<OwnedEventId, Arc<Pdu>> =
-            loaded.values().map(|p| (p.event_id.clone(), p.clone())).collect();
+        let referenced: HashMap<OwnedEventId, Arc<Pdu>> = loaded
+            .values()
+            .map(|p| (p.event_id.clone(), p.clone()))
+            .collect();
         // In room v12 the create event is not listed in auth_events (rules.event_format).
         let auth_events: Vec<OwnedEventId> = auth_ids
             .iter()
-            .filter(|((t, _), _)| rules.event_format.allow_room_create_in_auth_events || t != "m.room.create")
+            .filter(|((t, k), _)| {
+                (rules.event_format.allow_room_create_in_auth_events || t != "m.room.create")
+                    && auth_types
+                        .iter()
+                        .any(|(at, ak)| at.to_string() == *t && ak == k)
+            })
             .filter_map(|(_, id)| id.as_str().try_into().ok())
             .collect();
 
@@ -141,13 +187,22 @@ impl Rooms {
         )?;
 
         // The auth rules: against the auth events, which for a local event are current state.
-        let by_id: HashMap<OwnedEventId, &Pdu> = loaded.values().map(|p| (p.event_id.clone(), &**p)).collect();
+        let by_id: HashMap<OwnedEventId, &Pdu> = loaded
+            .values()
+            .map(|p| (p.event_id.clone(), &**p))
+            .collect();
         let by_key: HashMap<(StateEventType, String), &Pdu> = loaded
             .values()
-            .filter_map(|p| p.state_key.clone().map(|sk| ((StateEventType::from(p.kind.to_string()), sk), &**p)))
+            .filter_map(|p| {
+                p.state_key
+                    .clone()
+                    .map(|sk| ((StateEventType::from(p.kind.to_string()), sk), &**p))
+            })
             .collect();
-        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| by_id.get(id).copied())
-            .map_err(|e| Error::forbidden(format!("auth check failed: {e}")))?;
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
+            by_id.get(id).copied()
+        })
+        .map_err(|e| Error::forbidden(format!("auth check failed: {e}")))?;
         state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, sk| {
             by_key.get(&(t.clone(), sk.to_owned())).copied()
         })
@@ -157,11 +212,19 @@ impl Rooms {
         }
 
         let unsigned = match &tpl.state_key {
-            Some(sk) if creating.is_none() => self.replaced_state_unsigned(&req.room_id, &tpl.kind, sk).await?,
+            Some(sk) if creating.is_none() => {
+                self.replaced_state_unsigned(&req.room_id, &tpl.kind, sk)
+                    .await?
+            }
             _ => None,
         };
         let membership = (tpl.kind == "m.room.member")
-            .then(|| tpl.content.get("membership").and_then(|m| m.as_str()).map(str::to_owned))
+            .then(|| {
+                tpl.content
+                    .get("membership")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
             .flatten();
         let new_event = NewEvent {
             event_id: pdu.event_id.to_string(),
@@ -173,19 +236,34 @@ impl Rooms {
             origin_server_ts: i64::from(pdu.origin_server_ts.get()),
             json: pdu.json.to_string(),
             unsigned,
-            txn: req.txn.as_ref().map(|(d, t)| (req.sender.to_string(), d.clone(), t.clone())),
+            txn: req
+                .txn
+                .as_ref()
+                .map(|(d, t)| (req.sender.to_string(), d.clone(), t.clone())),
             prev_events: extremities.iter().map(|(id, _)| id.clone()).collect(),
             prev_state_group: prev_group,
             membership,
             redacts: pdu.redacts.as_ref().map(|r| r.to_string()),
-            new_room: creating.as_ref().map(|_| NewRoom { version: version.to_string(), creator: req.sender.to_string() }),
+            new_room: creating.as_ref().map(|_| NewRoom {
+                version: version.to_string(),
+                creator: req.sender.to_string(),
+            }),
         };
         let persisted = self.inner.persister.persist(new_event).await?;
-        Ok(SendOutcome { event_id: pdu.event_id, room_id: pdu.room_id, pos: StreamPos(persisted.stream_ordering) })
+        Ok(SendOutcome {
+            event_id: pdu.event_id,
+            room_id: pdu.room_id,
+            pos: StreamPos(persisted.stream_ordering),
+        })
     }
 
     /// `prev_content`, `prev_sender` and `replaces_state` of a state event (client `unsigned`).
-    async fn replaced_state_unsigned(&self, room_id: &OwnedRoomId, kind: &str, sk: &str) -> Result<Option<String>> {
+    async fn replaced_state_unsigned(
+        &self,
+        room_id: &OwnedRoomId,
+        kind: &str,
+        sk: &str,
+    ) -> Result<Option<String>> {
         let Some(prev_id) = self
             .inner
             .store
@@ -195,7 +273,9 @@ impl Rooms {
         else {
             return Ok(None);
         };
-        let Some(prev) = self.load_pdu(&prev_id).await? else { return Ok(None) };
+        let Some(prev) = self.load_pdu(&prev_id).await? else {
+            return Ok(None);
+        };
         let content: serde_json::Value = prev.content_as().unwrap_or_else(|| json!({}));
         Ok(Some(
             json!({ "prev_content": content, "prev_sender": prev.sender, "replaces_state": prev.event_id }).to_string(),
@@ -226,10 +306,20 @@ impl Rooms {
         let pl = state
             .get(&(StateEventType::RoomPowerLevels, String::new()))
             .and_then(|p| p.content_as::<serde_json::Value>());
-        let user_level = power_level_of(pl.as_ref(), pdu.sender.as_str(), &self.creators(&pdu.room_id).await?);
-        let redact_level = pl.as_ref().and_then(|c| c.get("redact")).and_then(as_int).unwrap_or(50);
+        let user_level = power_level_of(
+            pl.as_ref(),
+            pdu.sender.as_str(),
+            &self.creators(&pdu.room_id).await?,
+        );
+        let redact_level = pl
+            .as_ref()
+            .and_then(|c| c.get("redact"))
+            .and_then(as_int)
+            .unwrap_or(50);
         if user_level < redact_level {
-            return Err(Error::forbidden("you lack the power level to redact other users' events"));
+            return Err(Error::forbidden(
+                "you lack the power level to redact other users' events",
+            ));
         }
         Ok(())
     }
@@ -240,12 +330,22 @@ impl Rooms {
         if !rules.authorization.explicitly_privilege_room_creators {
             return Ok(Vec::new());
         }
-        let Some(id) = self.inner.store.select_current_state_event(room_id.as_str(), "m.room.create", "").await.map_err(storage_error)? else {
+        let Some(id) = self
+            .inner
+            .store
+            .select_current_state_event(room_id.as_str(), "m.room.create", "")
+            .await
+            .map_err(storage_error)?
+        else {
             return Ok(Vec::new());
         };
-        let Some(create) = self.load_pdu(&id).await? else { return Ok(Vec::new()) };
+        let Some(create) = self.load_pdu(&id).await? else {
+            return Ok(Vec::new());
+        };
         let mut out = vec![create.sender.to_string()];
-        if let Some(extra) = create.content_as::<serde_json::Value>().and_then(|c| c.get("additional_creators").cloned())
+        if let Some(extra) = create
+            .content_as::<serde_json::Value>()
+            .and_then(|c| c.get("additional_creators").cloned())
             && let Some(list) = extra.as_array()
         {
             out.extend(list.iter().filter_map(|v| v.as_str().map(str::to_owned)));
@@ -256,11 +356,16 @@ impl Rooms {
 
 /// A JSON number or numeric string as an integer (older rooms allow strings).
 pub(crate) fn as_int(v: &serde_json::Value) -> Option<i64> {
-    v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 /// A user's power level under a power-levels content (creators count as infinite).
-pub(crate) fn power_level_of(pl: Option<&serde_json::Value>, user_id: &str, creators: &[String]) -> i64 {
+pub(crate) fn power_level_of(
+    pl: Option<&serde_json::Value>,
+    user_id: &str,
+    creators: &[String],
+) -> i64 {
     if creators.iter().any(|c| c == user_id) {
         return i64::MAX;
     }

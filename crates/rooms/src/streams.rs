@@ -23,8 +23,15 @@ pub struct StreamWriter {
 impl StreamWriter {
     /// A writer starting after the table's highest position.
     pub async fn new(kind: StreamKind, store: &Store, bus: Bus) -> Result<StreamWriter, Error> {
-        let last = store.select_stream_max(kind).await.map_err(crate::storage_error)?;
-        Ok(StreamWriter { kind, last: Mutex::new(last), bus })
+        let last = store
+            .select_stream_max(kind)
+            .await
+            .map_err(crate::storage_error)?;
+        Ok(StreamWriter {
+            kind,
+            last: Mutex::new(last),
+            bus,
+        })
     }
 
     /// Runs `write` at the next position, then announces it with `rows`.
@@ -37,7 +44,13 @@ impl StreamWriter {
         let pos = *last + 1;
         write(pos).await?;
         *last = pos;
-        self.bus.publish(Entry { writer: String::new(), stream: self.kind as i32, prev: pos - 1, pos, rows });
+        self.bus.publish(Entry {
+            writer: String::new(),
+            stream: self.kind as i32,
+            prev: pos - 1,
+            pos,
+            rows,
+        });
         Ok(StreamPos(pos))
     }
 
@@ -50,7 +63,13 @@ impl StreamWriter {
     /// lost entry is noticed (ARCHITECTURE §3).
     pub async fn heartbeat(&self) {
         let last = *self.last.lock().await;
-        self.bus.publish(Entry { writer: String::new(), stream: self.kind as i32, prev: last, pos: last, rows: Vec::new() });
+        self.bus.publish(Entry {
+            writer: String::new(),
+            stream: self.kind as i32,
+            prev: last,
+            pos: last,
+            rows: Vec::new(),
+        });
     }
 }
 
@@ -72,7 +91,9 @@ impl StreamWriters {
     pub async fn new(store: &Store, bus: &Bus) -> Result<StreamWriters, Error> {
         Ok(StreamWriters {
             receipts: Arc::new(StreamWriter::new(StreamKind::Receipts, store, bus.clone()).await?),
-            account_data: Arc::new(StreamWriter::new(StreamKind::AccountData, store, bus.clone()).await?),
+            account_data: Arc::new(
+                StreamWriter::new(StreamKind::AccountData, store, bus.clone()).await?,
+            ),
             to_device: Arc::new(StreamWriter::new(StreamKind::ToDevice, store, bus.clone()).await?),
             typing: Arc::new(StreamWriter::new(StreamKind::Typing, store, bus.clone()).await?),
         })
@@ -90,7 +111,12 @@ impl StreamWriters {
 
     /// Heartbeats every stream.
     pub async fn heartbeat(&self) {
-        for w in [&self.receipts, &self.account_data, &self.to_device, &self.typing] {
+        for w in [
+            &self.receipts,
+            &self.account_data,
+            &self.to_device,
+            &self.typing,
+        ] {
             w.heartbeat().await;
         }
     }

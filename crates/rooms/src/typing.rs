@@ -24,16 +24,27 @@ pub struct Typing {
 impl Typing {
     /// Typing state announcing through `writer`.
     pub fn new(writer: Arc<StreamWriter>) -> Typing {
-        Typing { rooms: Arc::default(), writer }
+        Typing {
+            rooms: Arc::default(),
+            writer,
+        }
     }
 
     /// Sets or clears a user's typing flag in a room.
-    pub async fn set(&self, room_id: &str, user_id: &str, typing: Option<Duration>) -> Result<StreamPos, Error> {
+    pub async fn set(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        typing: Option<Duration>,
+    ) -> Result<StreamPos, Error> {
         let mut rooms = self.rooms.lock().await;
         let room = rooms.entry(room_id.to_owned()).or_default();
         match typing {
             Some(t) => {
-                room.insert(user_id.to_owned(), Instant::now() + t.min(MAX_TYPING_TIMEOUT));
+                room.insert(
+                    user_id.to_owned(),
+                    Instant::now() + t.min(MAX_TYPING_TIMEOUT),
+                );
             }
             None => {
                 room.remove(user_id);
@@ -48,7 +59,11 @@ impl Typing {
     }
 
     async fn announce(&self, room_id: &str, users: Vec<String>) -> Result<StreamPos, Error> {
-        let row = Row { room_id: room_id.to_owned(), user_ids: users, ..Default::default() };
+        let row = Row {
+            room_id: room_id.to_owned(),
+            user_ids: users,
+            ..Default::default()
+        };
         self.writer.write(vec![row], |_| async { Ok(()) }).await
     }
 

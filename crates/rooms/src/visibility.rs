@@ -17,11 +17,21 @@ struct Judgement {
 
 impl Rooms {
     /// Keeps the events `user_id` may see. `currently_joined` is the user's membership now.
-    pub async fn filter_visible(&self, user_id: &str, rows: Vec<EventRow>) -> Result<Vec<EventRow>> {
+    pub async fn filter_visible(
+        &self,
+        user_id: &str,
+        rows: Vec<EventRow>,
+    ) -> Result<Vec<EventRow>> {
         if rows.is_empty() {
             return Ok(rows);
         }
-        let currently_joined = match self.inner.store.select_membership(&rows[0].room_id, user_id).await.map_err(storage_error)? {
+        let currently_joined = match self
+            .inner
+            .store
+            .select_membership(&rows[0].room_id, user_id)
+            .await
+            .map_err(storage_error)?
+        {
             Some((m, _)) => m == "join",
             None => false,
         };
@@ -57,12 +67,24 @@ impl Rooms {
 
     async fn judge(&self, group: Option<i64>, user_id: &str) -> Result<Judgement> {
         let Some(group) = group else {
-            return Ok(Judgement { membership: "leave".into(), visibility: "shared".into() });
+            return Ok(Judgement {
+                membership: "leave".into(),
+                visibility: "shared".into(),
+            });
         };
-        let state = self.inner.store.select_state_group(group).await.map_err(storage_error)?;
+        let state = self
+            .inner
+            .store
+            .select_state_group(group)
+            .await
+            .map_err(storage_error)?;
         let member = state.get(&("m.room.member".to_owned(), user_id.to_owned()));
         let hv = state.get(&("m.room.history_visibility".to_owned(), String::new()));
-        let ids: Vec<String> = member.iter().chain(hv.iter()).map(|s| (*s).clone()).collect();
+        let ids: Vec<String> = member
+            .iter()
+            .chain(hv.iter())
+            .map(|s| (*s).clone())
+            .collect();
         let pdus = self.load_pdus(&ids).await?;
         let field = |id: Option<&String>, key: &str| {
             id.and_then(|i| pdus.get(i))

@@ -23,7 +23,15 @@ pub struct UserRow {
     pub created_ts: i64,
 }
 
-type UserTuple = (String, Option<String>, i64, i64, Option<String>, Option<String>, i64);
+type UserTuple = (
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    i64,
+);
 
 fn user_row(t: UserTuple) -> UserRow {
     UserRow {
@@ -84,7 +92,12 @@ pub struct NewLogin<'a> {
 
 impl Store {
     /// Creates a user. `Conflict` if the id is taken.
-    pub async fn insert_user(&self, user_id: &str, password_hash: Option<&str>, is_admin: bool) -> Result<()> {
+    pub async fn insert_user(
+        &self,
+        user_id: &str,
+        password_hash: Option<&str>,
+        is_admin: bool,
+    ) -> Result<()> {
         let mut tx = self.begin("insert_user").await?;
         sqlx::query("INSERT INTO users (user_id, password_hash, is_admin, created_ts) VALUES ($1, $2, $3, $4)")
             .bind(user_id)
@@ -122,7 +135,9 @@ impl Store {
 
     /// Counts users (for first-run messages and admin stats).
     pub async fn count_users(&self) -> Result<i64> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users").fetch_one(self.reader()).await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+            .fetch_one(self.reader())
+            .await?;
         Ok(n)
     }
 
@@ -166,7 +181,12 @@ impl Store {
     }
 
     /// Sets display name and avatar (either may be cleared with `None`).
-    pub async fn update_profile(&self, user_id: &str, displayname: Option<&str>, avatar_url: Option<&str>) -> Result<()> {
+    pub async fn update_profile(
+        &self,
+        user_id: &str,
+        displayname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<()> {
         let mut tx = self.begin("update_profile").await?;
         sqlx::query("UPDATE users SET displayname = $2, avatar_url = $3 WHERE user_id = $1")
             .bind(user_id)
@@ -210,12 +230,17 @@ impl Store {
 
     /// Resolves an access token.
     pub async fn select_token_owner(&self, token: &str) -> Result<Option<TokenOwner>> {
-        let row: Option<(String, String, Option<i64>)> =
-            sqlx::query_as("SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token = $1")
-                .bind(token)
-                .fetch_optional(self.reader())
-                .await?;
-        Ok(row.map(|(user_id, device_id, expires_ts)| TokenOwner { user_id, device_id, expires_ts }))
+        let row: Option<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token = $1",
+        )
+        .bind(token)
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(row.map(|(user_id, device_id, expires_ts)| TokenOwner {
+            user_id,
+            device_id,
+            expires_ts,
+        }))
     }
 
     /// Exchanges a refresh token for a new pair. Returns the owner, or `None` if the refresh
@@ -228,11 +253,12 @@ impl Store {
         expires_ts: i64,
     ) -> Result<Option<(String, String)>> {
         let mut tx = self.begin("rotate_refresh_token").await?;
-        let owner: Option<(String, String)> =
-            sqlx::query_as("DELETE FROM refresh_tokens WHERE token = $1 RETURNING user_id, device_id")
-                .bind(old_refresh)
-                .fetch_optional(tx.conn())
-                .await?;
+        let owner: Option<(String, String)> = sqlx::query_as(
+            "DELETE FROM refresh_tokens WHERE token = $1 RETURNING user_id, device_id",
+        )
+        .bind(old_refresh)
+        .fetch_optional(tx.conn())
+        .await?;
         let Some((user_id, device_id)) = owner else {
             return Ok(None);
         };
@@ -261,7 +287,11 @@ impl Store {
             "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
             "DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2",
         ] {
-            sqlx::query(sql).bind(user_id).bind(device_id).execute(tx.conn()).await?;
+            sqlx::query(sql)
+                .bind(user_id)
+                .bind(device_id)
+                .execute(tx.conn())
+                .await?;
         }
         tx.commit().await
     }
@@ -273,7 +303,11 @@ impl Store {
             "DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2",
             "DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id <> $2",
         ] {
-            sqlx::query(sql).bind(user_id).bind(keep_device.unwrap_or("")).execute(tx.conn()).await?;
+            sqlx::query(sql)
+                .bind(user_id)
+                .bind(keep_device.unwrap_or(""))
+                .execute(tx.conn())
+                .await?;
         }
         tx.commit().await
     }
@@ -293,14 +327,23 @@ impl Store {
     }
 
     /// Loads one registration token.
-    pub async fn select_registration_token(&self, token: &str) -> Result<Option<RegistrationToken>> {
+    pub async fn select_registration_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<RegistrationToken>> {
         let row: Option<(String, Option<i64>, i64, i64, Option<i64>)> = sqlx::query_as(
             "SELECT token, uses_allowed, pending, completed, expiry_time FROM registration_tokens WHERE token = $1",
         )
         .bind(token)
         .fetch_optional(self.reader())
         .await?;
-        Ok(row.map(|r| RegistrationToken { token: r.0, uses_allowed: r.1, pending: r.2, completed: r.3, expiry_time: r.4 }))
+        Ok(row.map(|r| RegistrationToken {
+            token: r.0,
+            uses_allowed: r.1,
+            pending: r.2,
+            completed: r.3,
+            expiry_time: r.4,
+        }))
     }
 
     /// Lists every registration token.
@@ -312,20 +355,33 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| RegistrationToken { token: r.0, uses_allowed: r.1, pending: r.2, completed: r.3, expiry_time: r.4 })
+            .map(|r| RegistrationToken {
+                token: r.0,
+                uses_allowed: r.1,
+                pending: r.2,
+                completed: r.3,
+                expiry_time: r.4,
+            })
             .collect())
     }
 
     /// Updates a token's limits.
-    pub async fn update_registration_token(&self, token: &str, uses_allowed: Option<i64>, expiry_time: Option<i64>) -> Result<bool> {
+    pub async fn update_registration_token(
+        &self,
+        token: &str,
+        uses_allowed: Option<i64>,
+        expiry_time: Option<i64>,
+    ) -> Result<bool> {
         let mut tx = self.begin("update_registration_token").await?;
-        let n = sqlx::query("UPDATE registration_tokens SET uses_allowed = $2, expiry_time = $3 WHERE token = $1")
-            .bind(token)
-            .bind(uses_allowed)
-            .bind(expiry_time)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE registration_tokens SET uses_allowed = $2, expiry_time = $3 WHERE token = $1",
+        )
+        .bind(token)
+        .bind(uses_allowed)
+        .bind(expiry_time)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -380,11 +436,16 @@ impl Store {
     }
 
     /// Loads a UIA session: (user it belongs to, completed stages as JSON).
-    pub async fn select_uia_session(&self, session_id: &str) -> Result<Option<(Option<String>, String)>> {
-        Ok(sqlx::query_as("SELECT user_id, completed FROM uia_sessions WHERE session_id = $1")
-            .bind(session_id)
-            .fetch_optional(self.reader())
-            .await?)
+    pub async fn select_uia_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<(Option<String>, String)>> {
+        Ok(
+            sqlx::query_as("SELECT user_id, completed FROM uia_sessions WHERE session_id = $1")
+                .bind(session_id)
+                .fetch_optional(self.reader())
+                .await?,
+        )
     }
 
     /// Records the completed stages of a session (JSON list).

@@ -29,11 +29,13 @@ impl Store {
         .bind(token)
         .fetch_optional(self.reader())
         .await?;
-        Ok(row.map(|(user_id, device_id, expires_ts, is_admin)| TokenIdentity {
-            user_id,
-            device_id,
-            expires_ts,
-            is_admin: is_admin != 0,
-        }))
+        Ok(
+            row.map(|(user_id, device_id, expires_ts, is_admin)| TokenIdentity {
+                user_id,
+                device_id,
+                expires_ts,
+                is_admin: is_admin != 0,
+            }),
+        )
     }
 }

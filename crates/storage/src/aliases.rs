@@ -20,18 +20,21 @@ impl Store {
 
     /// Resolves an alias: (room id, creator).
     pub async fn select_alias(&self, alias: &str) -> Result<Option<(String, String)>> {
-        Ok(sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
-            .bind(alias)
-            .fetch_optional(self.reader())
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+                .bind(alias)
+                .fetch_optional(self.reader())
+                .await?,
+        )
     }
 
     /// The local aliases of a room.
     pub async fn select_room_aliases(&self, room_id: &str) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
-            .bind(room_id)
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+                .bind(room_id)
+                .fetch_all(self.reader())
+                .await?;
         Ok(rows.into_iter().map(|(a,)| a).collect())
     }
 

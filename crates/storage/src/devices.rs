@@ -26,7 +26,12 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| DeviceRow { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 })
+            .map(|r| DeviceRow {
+                device_id: r.0,
+                display_name: r.1,
+                last_seen_ts: r.2,
+                last_seen_ip: r.3,
+            })
             .collect())
     }
 
@@ -39,19 +44,31 @@ impl Store {
         .bind(device_id)
         .fetch_optional(self.reader())
         .await?;
-        Ok(row.map(|r| DeviceRow { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 }))
+        Ok(row.map(|r| DeviceRow {
+            device_id: r.0,
+            display_name: r.1,
+            last_seen_ts: r.2,
+            last_seen_ip: r.3,
+        }))
     }
 
     /// Renames a device. Returns whether it exists.
-    pub async fn update_device_name(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {
+    pub async fn update_device_name(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        name: Option<&str>,
+    ) -> Result<bool> {
         let mut tx = self.begin("update_device_name").await?;
-        let n = sqlx::query("UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
-            .bind(user_id)
-            .bind(device_id)
-            .bind(name)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(name)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -65,14 +82,24 @@ impl Store {
                 "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
                 "DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2",
             ] {
-                sqlx::query(sql).bind(user_id).bind(device_id).execute(tx.conn()).await?;
+                sqlx::query(sql)
+                    .bind(user_id)
+                    .bind(device_id)
+                    .execute(tx.conn())
+                    .await?;
             }
         }
         tx.commit().await
     }
 
     /// Records activity on a device (best effort, not on the request's critical path).
-    pub async fn touch_device(&self, user_id: &str, device_id: &str, ts: i64, ip: Option<&str>) -> Result<()> {
+    pub async fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        ts: i64,
+        ip: Option<&str>,
+    ) -> Result<()> {
         let mut tx = self.begin("touch_device").await?;
         sqlx::query("UPDATE devices SET last_seen_ts = $3, last_seen_ip = COALESCE($4, last_seen_ip) WHERE user_id = $1 AND device_id = $2")
             .bind(user_id)

@@ -166,12 +166,22 @@ impl Store {
                     .execute(tx.conn())
                     .await?;
             }
-            let prev_group = room_groups.get(ev.room_id.as_str()).copied().unwrap_or(ev.prev_state_group);
+            let prev_group = room_groups
+                .get(ev.room_id.as_str())
+                .copied()
+                .unwrap_or(ev.prev_state_group);
             let state_group = match &ev.state_key {
                 Some(sk) => {
                     let id = next_state_group;
                     next_state_group += 1;
-                    write_state_group(&mut tx, id, &ev.room_id, prev_group, (&ev.kind, sk, &ev.event_id)).await?;
+                    write_state_group(
+                        &mut tx,
+                        id,
+                        &ev.room_id,
+                        prev_group,
+                        (&ev.kind, sk, &ev.event_id),
+                    )
+                    .await?;
                     Some(id)
                 }
                 None => prev_group,
@@ -262,7 +272,10 @@ impl Store {
                 .bind(state_group)
                 .execute(tx.conn())
                 .await?;
-            out.push(Persisted { stream_ordering: ordering, state_group });
+            out.push(Persisted {
+                stream_ordering: ordering,
+                state_group,
+            });
         }
         tx.commit().await?;
         metrics::histogram!("ganglion_persist_batch_events").record(batch.len() as f64);
@@ -335,7 +348,12 @@ impl Store {
     }
 
     /// A user's membership events in `(after, upto]`, oldest first.
-    pub async fn select_membership_changes(&self, user_id: &str, after: i64, upto: i64) -> Result<Vec<EventRow>> {
+    pub async fn select_membership_changes(
+        &self,
+        user_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<EventRow>> {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE state_key = $1 AND type = 'm.room.member'
              AND stream_ordering > $2 AND stream_ordering <= $3 ORDER BY stream_ordering"
@@ -351,7 +369,12 @@ impl Store {
 
     /// A user's latest membership event in a room at or before `at`:
     /// (membership, event id, position).
-    pub async fn select_membership_at(&self, room_id: &str, user_id: &str, at: i64) -> Result<Option<EventRow>> {
+    pub async fn select_membership_at(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        at: i64,
+    ) -> Result<Option<EventRow>> {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND state_key = $2 AND type = 'm.room.member'
              AND stream_ordering <= $3 ORDER BY stream_ordering DESC LIMIT 1"
@@ -366,7 +389,12 @@ impl Store {
     }
 
     /// The event id an earlier send with this transaction id produced.
-    pub async fn select_txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
+    pub async fn select_txn_event(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> Result<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as(
             "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
         )
@@ -404,7 +432,12 @@ impl Store {
     }
 
     /// The event closest to `ts` in a room, in the given direction: (event id, origin ts).
-    pub async fn select_event_near_ts(&self, room_id: &str, ts: i64, forwards: bool) -> Result<Option<(String, i64)>> {
+    pub async fn select_event_near_ts(
+        &self,
+        room_id: &str,
+        ts: i64,
+        forwards: bool,
+    ) -> Result<Option<(String, i64)>> {
         let sql = if forwards {
             "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts >= $2
              ORDER BY origin_server_ts ASC, stream_ordering ASC LIMIT 1"
@@ -412,7 +445,11 @@ impl Store {
             "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts <= $2
              ORDER BY origin_server_ts DESC, stream_ordering DESC LIMIT 1"
         };
-        Ok(sqlx::query_as(sql).bind(room_id).bind(ts).fetch_optional(self.reader()).await?)
+        Ok(sqlx::query_as(sql)
+            .bind(room_id)
+            .bind(ts)
+            .fetch_optional(self.reader())
+            .await?)
     }
 }
 
@@ -425,19 +462,30 @@ async fn write_state_group(
 ) -> Result<()> {
     let (kind, sk, event_id) = change;
     let prev_row: Option<(Option<i64>, String)> = match prev {
-        Some(p) => sqlx::query_as("SELECT base_id, entries FROM state_groups WHERE id = $1")
-            .bind(p)
-            .fetch_optional(tx.conn())
-            .await?,
+        Some(p) => {
+            sqlx::query_as("SELECT base_id, entries FROM state_groups WHERE id = $1")
+                .bind(p)
+                .fetch_optional(tx.conn())
+                .await?
+        }
         None => None,
     };
     let (base_id, entries) = match (prev, prev_row) {
-        (None, _) => (None, StateEntries::from([((kind.to_owned(), sk.to_owned()), event_id.to_owned())])),
+        (None, _) => (
+            None,
+            StateEntries::from([((kind.to_owned(), sk.to_owned()), event_id.to_owned())]),
+        ),
         (Some(p), None) => {
-            return Err(Error::Corrupt { what: "state_groups", detail: format!("missing group {p}") });
+            return Err(Error::Corrupt {
+                what: "state_groups",
+                detail: format!("missing group {p}"),
+            });
         }
         // The previous group is a snapshot: start a delta on it.
-        (Some(p), Some((None, _))) => (Some(p), StateEntries::from([((kind.to_owned(), sk.to_owned()), event_id.to_owned())])),
+        (Some(p), Some((None, _))) => (
+            Some(p),
+            StateEntries::from([((kind.to_owned(), sk.to_owned()), event_id.to_owned())]),
+        ),
         (Some(_), Some((Some(base), delta_json))) => {
             let mut delta: StateEntries = crate::state::decode_entries(&delta_json)?;
             delta.insert((kind.to_owned(), sk.to_owned()), event_id.to_owned());
@@ -445,10 +493,11 @@ async fn write_state_group(
                 (Some(base), delta)
             } else {
                 // Too many changes since the snapshot: write a new full snapshot.
-                let (_, snap): (Option<i64>, String) = sqlx::query_as("SELECT base_id, entries FROM state_groups WHERE id = $1")
-                    .bind(base)
-                    .fetch_one(tx.conn())
-                    .await?;
+                let (_, snap): (Option<i64>, String) =
+                    sqlx::query_as("SELECT base_id, entries FROM state_groups WHERE id = $1")
+                        .bind(base)
+                        .fetch_one(tx.conn())
+                        .await?;
                 let mut full: StateEntries = crate::state::decode_entries(&snap)?;
                 full.extend(delta);
                 (None, full)

@@ -9,6 +9,10 @@
 //! SQLite gets one write connection and a separate read pool, so writers never race
 //! into `SQLITE_BUSY`.
 
+// Rows come back as tuples of column types (`query_as::<_, (String, i64, …)>`); naming
+// each tuple type would add noise, not clarity.
+#![allow(clippy::type_complexity)]
+
 pub mod accounts;
 pub mod admin_users;
 pub mod aliases;
@@ -105,7 +109,11 @@ impl Txn {
 
     /// Commits, recording the transaction's duration under its name.
     pub(crate) async fn commit(self) -> Result<()> {
-        let Txn { inner, name, started } = self;
+        let Txn {
+            inner,
+            name,
+            started,
+        } = self;
         let out = inner.commit().await.map_err(Error::from);
         metrics::histogram!("ganglion_db_txn_seconds", "txn" => name)
             .record(started.elapsed().as_secs_f64());
@@ -121,10 +129,18 @@ static DRIVERS: Once = Once::new();
 impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`), creating a SQLite file if needed.
     /// Does not migrate: call [`Store::migrate`].
-    pub async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Store> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Store> {
         DRIVERS.call_once(install_default_drivers);
         if url.starts_with("sqlite:") {
-            let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+            let url = if url.contains('?') {
+                url.to_owned()
+            } else {
+                format!("{url}?mode=rwc")
+            };
             let write = AnyPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(acquire_timeout)
@@ -137,14 +153,22 @@ impl Store {
                 .after_connect(sqlite_pragmas)
                 .connect(&url)
                 .await?;
-            Ok(Store { backend: Backend::Sqlite, read, write })
+            Ok(Store {
+                backend: Backend::Sqlite,
+                read,
+                write,
+            })
         } else {
             let pool = AnyPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(acquire_timeout)
                 .connect(url)
                 .await?;
-            Ok(Store { backend: Backend::Postgres, read: pool.clone(), write: pool })
+            Ok(Store {
+                backend: Backend::Postgres,
+                read: pool.clone(),
+                write: pool,
+            })
         }
     }
 
@@ -161,7 +185,11 @@ impl Store {
     /// Begins a write transaction named `name` (its span and metric label). Dropping the
     /// handle without [`Txn::commit`] rolls back.
     pub(crate) async fn begin(&self, name: &'static str) -> Result<Txn> {
-        Ok(Txn { inner: self.write.begin().await?, name, started: std::time::Instant::now() })
+        Ok(Txn {
+            inner: self.write.begin().await?,
+            name,
+            started: std::time::Instant::now(),
+        })
     }
 
     /// Whether the database answers a trivial query.
@@ -216,7 +244,10 @@ pub(crate) fn placeholders(start: usize, count: usize) -> String {
 
 /// Turns a JSON text column into a value, naming the column on failure.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| Error::Corrupt { what, detail: e.to_string() })
+    serde_json::from_str(s).map_err(|e| Error::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 /// Booleans are stored as BIGINT 0/1 (portable across both backends).

@@ -64,12 +64,14 @@ impl Store {
             sqlx::raw_sql(text).execute(&mut *tx).await.map_err(|e| {
                 Error::Database(format!("migration {version:04}_{name} failed: {e}"))
             })?;
-            sqlx::query("INSERT INTO ganglion_migrations (version, name, applied_ts) VALUES ($1, $2, $3)")
-                .bind(version)
-                .bind(name)
-                .bind(ganglion_core::time::now_ms())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO ganglion_migrations (version, name, applied_ts) VALUES ($1, $2, $3)",
+            )
+            .bind(version)
+            .bind(name)
+            .bind(ganglion_core::time::now_ms())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             tracing::info!(version, name, "applied migration");
             done.push(version);
@@ -100,7 +102,9 @@ impl Store {
 
     /// Runs an administrative statement (CREATE/DROP DATABASE) for test fixtures and tools.
     pub async fn execute_admin(&self, sql: &str) -> Result<()> {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&self.write).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 }

@@ -44,7 +44,12 @@ impl Store {
     }
 
     /// Receipts of a room changed in `(after, upto]`; with `after = 0`, all of them.
-    pub async fn select_room_receipts(&self, room_id: &str, after: i64, upto: i64) -> Result<Vec<ReceiptRow>> {
+    pub async fn select_room_receipts(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<ReceiptRow>> {
         let rows: Vec<(String, String, String, String, String, i64, i64)> = sqlx::query_as(
             "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, stream_id FROM receipts
              WHERE room_id = $1 AND stream_id > $2 AND stream_id <= $3",
@@ -56,7 +61,15 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| ReceiptRow { room_id: r.0, user_id: r.1, receipt_type: r.2, thread_id: r.3, event_id: r.4, ts: r.5, stream_id: r.6 })
+            .map(|r| ReceiptRow {
+                room_id: r.0,
+                user_id: r.1,
+                receipt_type: r.2,
+                thread_id: r.3,
+                event_id: r.4,
+                ts: r.5,
+                stream_id: r.6,
+            })
             .collect())
     }
 

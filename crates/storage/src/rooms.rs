@@ -26,7 +26,13 @@ impl Store {
         .bind(room_id)
         .fetch_optional(self.reader())
         .await?;
-        Ok(row.map(|r| RoomRow { room_id: r.0, version: r.1, creator: r.2, is_public: r.3 != 0, state_group: r.4 }))
+        Ok(row.map(|r| RoomRow {
+            room_id: r.0,
+            version: r.1,
+            creator: r.2,
+            is_public: r.3 != 0,
+            state_group: r.4,
+        }))
     }
 
     /// Lists or unlists a room in the public directory. Returns whether the room exists.
@@ -67,10 +73,11 @@ impl Store {
 
     /// The rooms a user has forgotten.
     pub async fn select_forgotten(&self, user_id: &str) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT room_id FROM forgotten_rooms WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT room_id FROM forgotten_rooms WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_all(self.reader())
+                .await?;
         Ok(rows.into_iter().map(|(r,)| r).collect())
     }
 }

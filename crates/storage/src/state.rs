@@ -11,8 +11,10 @@ pub type StateEntries = BTreeMap<(String, String), String>;
 
 /// Encodes state entries as the stored JSON list `[[type, state_key, event_id], …]`.
 pub(crate) fn encode_entries(entries: &StateEntries) -> String {
-    let list: Vec<(&str, &str, &str)> =
-        entries.iter().map(|((t, k), e)| (t.as_str(), k.as_str(), e.as_str())).collect();
+    let list: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|((t, k), e)| (t.as_str(), k.as_str(), e.as_str()))
+        .collect();
     serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned())
 }
 
@@ -38,21 +40,26 @@ pub struct CurrentStateRow {
 impl Store {
     /// The full state of a state group.
     pub async fn select_state_group(&self, id: i64) -> Result<StateEntries> {
-        let row: Option<(Option<i64>, String)> = sqlx::query_as("SELECT base_id, entries FROM state_groups WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.reader())
-            .await?;
+        let row: Option<(Option<i64>, String)> =
+            sqlx::query_as("SELECT base_id, entries FROM state_groups WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.reader())
+                .await?;
         let Some((base, entries)) = row else {
-            return Err(Error::Corrupt { what: "state_groups", detail: format!("missing group {id}") });
+            return Err(Error::Corrupt {
+                what: "state_groups",
+                detail: format!("missing group {id}"),
+            });
         };
         let delta = decode_entries(&entries)?;
         match base {
             None => Ok(delta),
             Some(base) => {
-                let (_, snap): (Option<i64>, String) = sqlx::query_as("SELECT base_id, entries FROM state_groups WHERE id = $1")
-                    .bind(base)
-                    .fetch_one(self.reader())
-                    .await?;
+                let (_, snap): (Option<i64>, String) =
+                    sqlx::query_as("SELECT base_id, entries FROM state_groups WHERE id = $1")
+                        .bind(base)
+                        .fetch_one(self.reader())
+                        .await?;
                 let mut full = decode_entries(&snap)?;
                 full.extend(delta);
                 Ok(full)
@@ -70,23 +77,38 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| CurrentStateRow { kind: r.0, state_key: r.1, event_id: r.2, membership: r.3 })
+            .map(|r| CurrentStateRow {
+                kind: r.0,
+                state_key: r.1,
+                event_id: r.2,
+                membership: r.3,
+            })
             .collect())
     }
 
     /// Some keys of the room's current state: (type, state_key) → event id.
-    pub async fn select_current_state_keys(&self, room_id: &str, keys: &[(String, String)]) -> Result<StateEntries> {
+    pub async fn select_current_state_keys(
+        &self,
+        room_id: &str,
+        keys: &[(String, String)],
+    ) -> Result<StateEntries> {
         let mut out = StateEntries::new();
         if keys.is_empty() {
             return Ok(out);
         }
         // (type, state_key) pairs as OR-ed conditions: portable and index-friendly.
-        let mut sql = String::from("SELECT type, state_key, event_id FROM current_state WHERE room_id = $1 AND (");
+        let mut sql = String::from(
+            "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1 AND (",
+        );
         for i in 0..keys.len() {
             if i > 0 {
                 sql.push_str(" OR ");
             }
-            sql.push_str(&format!("(type = ${} AND state_key = ${})", 2 + 2 * i, 3 + 2 * i));
+            sql.push_str(&format!(
+                "(type = ${} AND state_key = ${})",
+                2 + 2 * i,
+                3 + 2 * i
+            ));
         }
         sql.push(')');
         let mut q = sqlx::query_as::<_, (String, String, String)>(AssertSqlSafe(sql)).bind(room_id);
@@ -100,7 +122,12 @@ impl Store {
     }
 
     /// One current state event id.
-    pub async fn select_current_state_event(&self, room_id: &str, kind: &str, state_key: &str) -> Result<Option<String>> {
+    pub async fn select_current_state_event(
+        &self,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as(
             "SELECT event_id FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = $3",
         )
@@ -113,7 +140,11 @@ impl Store {
     }
 
     /// A user's current membership in a room, if any.
-    pub async fn select_membership(&self, room_id: &str, user_id: &str) -> Result<Option<(String, String)>> {
+    pub async fn select_membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<(String, String)>> {
         let row: Option<(Option<String>, String)> = sqlx::query_as(
             "SELECT membership, event_id FROM current_state WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2",
         )
@@ -126,13 +157,18 @@ impl Store {
 
     /// The rooms where a user's current membership is one of `memberships`:
     /// (room id, membership, membership event id, its stream position).
-    pub async fn select_user_rooms(&self, user_id: &str, memberships: &[&str]) -> Result<Vec<(String, String, String, i64)>> {
+    pub async fn select_user_rooms(
+        &self,
+        user_id: &str,
+        memberships: &[&str],
+    ) -> Result<Vec<(String, String, String, i64)>> {
         let sql = format!(
             "SELECT room_id, membership, event_id, stream_ordering FROM current_state
              WHERE type = 'm.room.member' AND state_key = $1 AND membership IN {}",
             placeholders(2, memberships.len())
         );
-        let mut q = sqlx::query_as::<_, (String, Option<String>, String, i64)>(AssertSqlSafe(sql)).bind(user_id);
+        let mut q = sqlx::query_as::<_, (String, Option<String>, String, i64)>(AssertSqlSafe(sql))
+            .bind(user_id);
         for m in memberships {
             q = q.bind(*m);
         }
@@ -144,13 +180,18 @@ impl Store {
     }
 
     /// The members of a room with the given memberships: (user id, membership, event id).
-    pub async fn select_room_members(&self, room_id: &str, memberships: &[&str]) -> Result<Vec<(String, String, String)>> {
+    pub async fn select_room_members(
+        &self,
+        room_id: &str,
+        memberships: &[&str],
+    ) -> Result<Vec<(String, String, String)>> {
         let sql = format!(
             "SELECT state_key, membership, event_id FROM current_state
              WHERE room_id = $1 AND type = 'm.room.member' AND membership IN {} ORDER BY state_key",
             placeholders(2, memberships.len())
         );
-        let mut q = sqlx::query_as::<_, (String, Option<String>, String)>(AssertSqlSafe(sql)).bind(room_id);
+        let mut q =
+            sqlx::query_as::<_, (String, Option<String>, String)>(AssertSqlSafe(sql)).bind(room_id);
         for m in memberships {
             q = q.bind(*m);
         }
@@ -170,7 +211,11 @@ impl Store {
         .bind(room_id)
         .fetch_all(self.reader())
         .await?;
-        let get = |m: &str| rows.iter().find(|(x, _)| x.as_deref() == Some(m)).map_or(0, |(_, n)| *n);
+        let get = |m: &str| {
+            rows.iter()
+                .find(|(x, _)| x.as_deref() == Some(m))
+                .map_or(0, |(_, n)| *n)
+        };
         Ok((get("join"), get("invite")))
     }
 

@@ -13,7 +13,10 @@ impl Store {
             StreamKind::Receipts => "SELECT MAX(stream_id) FROM receipts",
             StreamKind::AccountData => "SELECT MAX(stream_id) FROM account_data",
             StreamKind::ToDevice => "SELECT MAX(stream_id) FROM to_device",
-            StreamKind::Typing | StreamKind::DeviceLists | StreamKind::Presence | StreamKind::PushRules => return Ok(0),
+            StreamKind::Typing
+            | StreamKind::DeviceLists
+            | StreamKind::Presence
+            | StreamKind::PushRules => return Ok(0),
         };
         let (n,): (Option<i64>,) = sqlx::query_as(sql).fetch_one(self.reader()).await?;
         Ok(n.unwrap_or(0))

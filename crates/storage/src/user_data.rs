@@ -4,7 +4,14 @@ use crate::{Result, Store};
 
 impl Store {
     /// Upserts account data (`room_id` empty for global) at stream position `stream_id`.
-    pub async fn upsert_account_data(&self, user_id: &str, room_id: &str, kind: &str, content: &str, stream_id: i64) -> Result<()> {
+    pub async fn upsert_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        kind: &str,
+        content: &str,
+        stream_id: i64,
+    ) -> Result<()> {
         let mut tx = self.begin("upsert_account_data").await?;
         sqlx::query(
             "INSERT INTO account_data (user_id, room_id, type, content, stream_id) VALUES ($1, $2, $3, $4, $5)
@@ -21,7 +28,12 @@ impl Store {
     }
 
     /// One account data entry.
-    pub async fn select_account_data(&self, user_id: &str, room_id: &str, kind: &str) -> Result<Option<String>> {
+    pub async fn select_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        kind: &str,
+    ) -> Result<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as(
             "SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND type = $3",
         )
@@ -34,7 +46,12 @@ impl Store {
     }
 
     /// A user's account data changed in `(after, upto]`: (room id or "", type, content).
-    pub async fn select_account_data_since(&self, user_id: &str, after: i64, upto: i64) -> Result<Vec<(String, String, String)>> {
+    pub async fn select_account_data_since(
+        &self,
+        user_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<(String, String, String)>> {
         Ok(sqlx::query_as(
             "SELECT room_id, type, content FROM account_data WHERE user_id = $1 AND stream_id > $2 AND stream_id <= $3
              ORDER BY stream_id",
@@ -49,10 +66,11 @@ impl Store {
     /// Stores a filter, returning its id (per-user sequence).
     pub async fn insert_filter(&self, user_id: &str, json: &str) -> Result<i64> {
         let mut tx = self.begin("insert_filter").await?;
-        let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(filter_id) FROM filters WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(tx.conn())
-            .await?;
+        let (max,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(filter_id) FROM filters WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(tx.conn())
+                .await?;
         let id = max.unwrap_or(-1) + 1;
         sqlx::query("INSERT INTO filters (user_id, filter_id, json) VALUES ($1, $2, $3)")
             .bind(user_id)
@@ -66,16 +84,20 @@ impl Store {
 
     /// Loads a filter.
     pub async fn select_filter(&self, user_id: &str, filter_id: i64) -> Result<Option<String>> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
-            .bind(user_id)
-            .bind(filter_id)
-            .fetch_optional(self.reader())
-            .await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
+                .bind(user_id)
+                .bind(filter_id)
+                .fetch_optional(self.reader())
+                .await?;
         Ok(row.map(|(j,)| j))
     }
 
     /// Queues send-to-device messages: (stream id, user, device, sender, type, content).
-    pub async fn insert_to_device(&self, rows: &[(i64, String, String, String, String, String)]) -> Result<()> {
+    pub async fn insert_to_device(
+        &self,
+        rows: &[(i64, String, String, String, String, String)],
+    ) -> Result<()> {
         let mut tx = self.begin("insert_to_device").await?;
         for (stream_id, user, device, sender, kind, content) in rows {
             sqlx::query("INSERT INTO to_device (stream_id, user_id, device_id, sender, type, content) VALUES ($1, $2, $3, $4, $5, $6)")
@@ -92,7 +114,13 @@ impl Store {
     }
 
     /// Pending send-to-device messages for a device up to `upto`: (stream id, sender, type, content).
-    pub async fn select_to_device(&self, user_id: &str, device_id: &str, upto: i64, limit: i64) -> Result<Vec<(i64, String, String, String)>> {
+    pub async fn select_to_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, String)>> {
         Ok(sqlx::query_as(
             "SELECT stream_id, sender, type, content FROM to_device WHERE user_id = $1 AND device_id = $2 AND stream_id <= $3
              ORDER BY stream_id LIMIT $4",
@@ -108,12 +136,14 @@ impl Store {
     /// Drops messages a device has acknowledged (by syncing past them).
     pub async fn delete_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> Result<()> {
         let mut tx = self.begin("delete_to_device").await?;
-        sqlx::query("DELETE FROM to_device WHERE user_id = $1 AND device_id = $2 AND stream_id <= $3")
-            .bind(user_id)
-            .bind(device_id)
-            .bind(upto)
-            .execute(tx.conn())
-            .await?;
+        sqlx::query(
+            "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2 AND stream_id <= $3",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(upto)
+        .execute(tx.conn())
+        .await?;
         tx.commit().await
     }
 }

@@ -57,7 +57,11 @@ struct Membership {
 impl SyncService {
     /// The service over its dependencies.
     pub fn new(store: Store, rooms: Rooms, notifier: Notifier) -> SyncService {
-        SyncService { store, rooms, notifier }
+        SyncService {
+            store,
+            rooms,
+            notifier,
+        }
     }
 
     /// The notifier.
@@ -87,15 +91,37 @@ impl SyncService {
             }
         }
         let mut out = BTreeMap::new();
-        for ev in self.store.select_events(&ids).await.map_err(storage_error)? {
+        for ev in self
+            .store
+            .select_events(&ids)
+            .await
+            .map_err(storage_error)?
+        {
             let m = membership_of(&ev);
-            out.insert(ev.room_id.clone(), Membership { membership: m, event: ev });
+            out.insert(
+                ev.room_id.clone(),
+                Membership {
+                    membership: m,
+                    event: ev,
+                },
+            );
         }
         // Memberships changed after `now`: use the one in force at `now`.
         for room_id in late {
-            if let Some(ev) = self.store.select_membership_at(&room_id, user_id, at).await.map_err(storage_error)? {
+            if let Some(ev) = self
+                .store
+                .select_membership_at(&room_id, user_id, at)
+                .await
+                .map_err(storage_error)?
+            {
                 let m = membership_of(&ev);
-                out.insert(room_id, Membership { membership: m, event: ev });
+                out.insert(
+                    room_id,
+                    Membership {
+                        membership: m,
+                        event: ev,
+                    },
+                );
             }
         }
         Ok(out)
@@ -108,20 +134,37 @@ impl SyncService {
         let since_ev = since.map_or(0, |s| s.get(StreamKind::Events).0);
         let now_ev = now.get(StreamKind::Events).0;
         let f = req.filter;
-        let forgotten: HashSet<String> = self.store.select_forgotten(req.user_id).await.map_err(storage_error)?.into_iter().collect();
+        let forgotten: HashSet<String> = self
+            .store
+            .select_forgotten(req.user_id)
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .collect();
         let memberships = self.memberships(req.user_id, now_ev).await?;
-        let joined: HashSet<String> =
-            memberships.iter().filter(|(_, m)| m.membership == "join").map(|(r, _)| r.clone()).collect();
+        let joined: HashSet<String> = memberships
+            .iter()
+            .filter(|(_, m)| m.membership == "join")
+            .map(|(r, _)| r.clone())
+            .collect();
 
         let changed_rooms: HashSet<String> = if since.is_some() {
-            self.store.select_rooms_with_events(since_ev, now_ev).await.map_err(storage_error)?.into_iter().collect()
+            self.store
+                .select_rooms_with_events(since_ev, now_ev)
+                .await
+                .map_err(storage_error)?
+                .into_iter()
+                .collect()
         } else {
             HashSet::new()
         };
         let receipt_rooms: HashSet<String> = match since {
             Some(s) => self
                 .store
-                .select_rooms_with_receipts(s.get(StreamKind::Receipts).0, now.get(StreamKind::Receipts).0)
+                .select_rooms_with_receipts(
+                    s.get(StreamKind::Receipts).0,
+                    now.get(StreamKind::Receipts).0,
+                )
                 .await
                 .map_err(storage_error)?
                 .into_iter()
@@ -159,7 +202,10 @@ impl SyncService {
         let mut invite = Map::new();
         let mut leave = Map::new();
         let mut knock = Map::new();
-        let viewer = Viewer { user_id: req.user_id, device_id: req.device_id };
+        let viewer = Viewer {
+            user_id: req.user_id,
+            device_id: req.device_id,
+        };
 
         for (room_id, m) in &memberships {
             if !f.room_allowed(room_id) {
@@ -170,21 +216,27 @@ impl SyncService {
                 "join" => {
                     let newly = since.is_none() || changed_since || req.full_state;
                     let has_events = changed_rooms.contains(room_id);
-                    let typing_changed = typing.get(room_id).is_some_and(|t| t.pos > since_typing && (since.is_some() || !t.user_ids.is_empty()));
+                    let typing_changed = typing.get(room_id).is_some_and(|t| {
+                        t.pos > since_typing && (since.is_some() || !t.user_ids.is_empty())
+                    });
                     let receipts_changed = receipt_rooms.contains(room_id);
                     let ad_changed = room_account.contains_key(room_id);
                     if !(newly || has_events || typing_changed || receipts_changed || ad_changed) {
                         continue;
                     }
-                    let mut room = self.joined_room(req, room_id, m, newly, since_ev, now_ev).await?;
+                    let mut room = self
+                        .joined_room(req, room_id, m, newly, since_ev, now_ev)
+                        .await?;
                     let mut ephemeral = Vec::new();
                     if let Some(t) = typing.get(room_id).filter(|t| t.pos > since_typing) {
-                        ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": t.user_ids } }));
+                        ephemeral.push(
+                            json!({ "type": "m.typing", "content": { "user_ids": t.user_ids } }),
+                        );
                     }
-                    if since.is_none() || receipts_changed {
-                        if let Some(r) = self.receipts(req.user_id, room_id, since, now).await? {
-                            ephemeral.push(r);
-                        }
+                    if (since.is_none() || receipts_changed)
+                        && let Some(r) = self.receipts(req.user_id, room_id, since, now).await?
+                    {
+                        ephemeral.push(r);
                     }
                     room.insert("ephemeral".into(), json!({ "events": ephemeral }));
                     room.insert(
@@ -200,7 +252,11 @@ impl SyncService {
                     knock.insert(room_id.clone(), json!({ "knock_state": { "events": self.stripped_state(room_id, &m.event).await? } }));
                 }
                 "leave" | "ban" => {
-                    let include = if since.is_none() { f.include_leave } else { changed_since };
+                    let include = if since.is_none() {
+                        f.include_leave
+                    } else {
+                        changed_since
+                    };
                     // A user who rejected an invite or was never joined still sees the leave.
                     if include && !forgotten.contains(room_id) {
                         let room = self.left_room(req, room_id, m, since_ev).await?;
@@ -214,11 +270,18 @@ impl SyncService {
         // Send-to-device.
         let to_device = self
             .store
-            .select_to_device(req.user_id, req.device_id, now.get(StreamKind::ToDevice).0, 100)
+            .select_to_device(
+                req.user_id,
+                req.device_id,
+                now.get(StreamKind::ToDevice).0,
+                100,
+            )
             .await
             .map_err(storage_error)?;
         let to_device_upto = if to_device.len() == 100 {
-            to_device.last().map_or(now.get(StreamKind::ToDevice).0, |t| t.0)
+            to_device
+                .last()
+                .map_or(now.get(StreamKind::ToDevice).0, |t| t.0)
         } else {
             now.get(StreamKind::ToDevice).0
         };
@@ -236,14 +299,22 @@ impl SyncService {
             && global_account.is_empty()
             && to_device_events.is_empty();
         let mut body = Map::new();
-        body.insert("rooms".into(), json!({ "join": join, "invite": invite, "leave": leave, "knock": knock }));
+        body.insert(
+            "rooms".into(),
+            json!({ "join": join, "invite": invite, "leave": leave, "knock": knock }),
+        );
         body.insert("account_data".into(), json!({ "events": global_account }));
         body.insert("presence".into(), json!({ "events": [] }));
         body.insert("to_device".into(), json!({ "events": to_device_events }));
         body.insert("device_lists".into(), json!({ "changed": [], "left": [] }));
         body.insert("device_one_time_keys_count".into(), json!({}));
         let _ = viewer;
-        Ok(SyncOutcome { body, is_empty, joined, to_device_upto })
+        Ok(SyncOutcome {
+            body,
+            is_empty,
+            joined,
+            to_device_upto,
+        })
     }
 
     async fn joined_room(
@@ -261,12 +332,17 @@ impl SyncService {
         let from = if newly { 0 } else { since_ev };
         // Newest first, one more than the limit to learn whether the timeline is limited.
         let fetch = i64::try_from(limit + 1).unwrap_or(11);
-        let mut rows = self.store.select_room_events(room_id, from, now_ev, true, fetch).await.map_err(storage_error)?;
+        let mut rows = self
+            .store
+            .select_room_events(room_id, from, now_ev, true, fetch)
+            .await
+            .map_err(storage_error)?;
         let limited = rows.len() > limit;
         rows.truncate(limit);
         rows.reverse();
         // Events from before the user joined pass history visibility; later ones are theirs.
-        let (before, after): (Vec<EventRow>, Vec<EventRow>) = rows.into_iter().partition(|r| r.stream_ordering < join_pos);
+        let (before, after): (Vec<EventRow>, Vec<EventRow>) =
+            rows.into_iter().partition(|r| r.stream_ordering < join_pos);
         let mut timeline = self.rooms.filter_visible(req.user_id, before).await?;
         timeline.extend(after);
         timeline.retain(|r| f.timeline.matches(r));
@@ -276,8 +352,19 @@ impl SyncService {
         let state_rows = if newly {
             self.rooms.state_at(room_id, start_pos).await?
         } else if limited {
-            let old: HashSet<String> = self.rooms.state_at(room_id, since_ev).await?.into_iter().map(|r| r.event_id).collect();
-            self.rooms.state_at(room_id, start_pos).await?.into_iter().filter(|r| !old.contains(&r.event_id)).collect()
+            let old: HashSet<String> = self
+                .rooms
+                .state_at(room_id, since_ev)
+                .await?
+                .into_iter()
+                .map(|r| r.event_id)
+                .collect();
+            self.rooms
+                .state_at(room_id, start_pos)
+                .await?
+                .into_iter()
+                .filter(|r| !old.contains(&r.event_id))
+                .collect()
         } else {
             Vec::new()
         };
@@ -289,11 +376,18 @@ impl SyncService {
             .filter(|r| {
                 !f.state.lazy_load_members
                     || r.kind != "m.room.member"
-                    || r.state_key.as_deref().is_some_and(|k| k == req.user_id || senders.contains(k))
+                    || r.state_key
+                        .as_deref()
+                        .is_some_and(|k| k == req.user_id || senders.contains(k))
             })
-            .filter(|r| f.state.matches(r) || (f.state.lazy_load_members && r.kind == "m.room.member"))
+            .filter(|r| {
+                f.state.matches(r) || (f.state.lazy_load_members && r.kind == "m.room.member")
+            })
             .collect();
-        let viewer = Some(Viewer { user_id: req.user_id, device_id: req.device_id });
+        let viewer = Some(Viewer {
+            user_id: req.user_id,
+            device_id: req.device_id,
+        });
         let mut room = Map::new();
         let members_changed = newly
             || timeline.iter().any(|r| r.kind == "m.room.member")
@@ -306,21 +400,37 @@ impl SyncService {
                 "prev_batch": prev_batch.to_string(),
             }),
         );
-        room.insert("state".into(), json!({ "events": self.rooms.format_events(&state_rows, viewer, Shape::Sync).await? }));
+        room.insert(
+            "state".into(),
+            json!({ "events": self.rooms.format_events(&state_rows, viewer, Shape::Sync).await? }),
+        );
         if members_changed {
             room.insert("summary".into(), self.summary(room_id, req.user_id).await?);
         } else {
             room.insert("summary".into(), json!({}));
         }
-        room.insert("unread_notifications".into(), json!({ "highlight_count": 0, "notification_count": 0 }));
+        room.insert(
+            "unread_notifications".into(),
+            json!({ "highlight_count": 0, "notification_count": 0 }),
+        );
         Ok(room)
     }
 
-    async fn left_room(&self, req: &SyncRequest<'_>, room_id: &str, m: &Membership, since_ev: i64) -> Result<Map<String, Value>> {
+    async fn left_room(
+        &self,
+        req: &SyncRequest<'_>,
+        room_id: &str,
+        m: &Membership,
+        since_ev: i64,
+    ) -> Result<Map<String, Value>> {
         let upto = m.event.stream_ordering;
         let limit = req.filter.timeline_limit;
         let fetch = i64::try_from(limit + 1).unwrap_or(11);
-        let mut rows = self.store.select_room_events(room_id, since_ev, upto, true, fetch).await.map_err(storage_error)?;
+        let mut rows = self
+            .store
+            .select_room_events(room_id, since_ev, upto, true, fetch)
+            .await
+            .map_err(storage_error)?;
         let limited = rows.len() > limit;
         rows.truncate(limit);
         rows.reverse();
@@ -337,7 +447,10 @@ impl SyncService {
         } else {
             Vec::new()
         };
-        let viewer = Some(Viewer { user_id: req.user_id, device_id: req.device_id });
+        let viewer = Some(Viewer {
+            user_id: req.user_id,
+            device_id: req.device_id,
+        });
         let mut room = Map::new();
         room.insert(
             "timeline".into(),
@@ -347,18 +460,40 @@ impl SyncService {
                 "prev_batch": PageToken(ganglion_core::StreamPos(start_pos.max(0))).to_string(),
             }),
         );
-        room.insert("state".into(), json!({ "events": self.rooms.format_events(&state, viewer, Shape::Sync).await? }));
+        room.insert(
+            "state".into(),
+            json!({ "events": self.rooms.format_events(&state, viewer, Shape::Sync).await? }),
+        );
         room.insert("account_data".into(), json!({ "events": [] }));
         Ok(room)
     }
 
     async fn summary(&self, room_id: &str, user_id: &str) -> Result<Value> {
-        let (joined, invited) = self.store.count_room_members(room_id).await.map_err(storage_error)?;
+        let (joined, invited) = self
+            .store
+            .count_room_members(room_id)
+            .await
+            .map_err(storage_error)?;
         let mut heroes = Vec::new();
-        let has_name = self.store.select_current_state_event(room_id, "m.room.name", "").await.map_err(storage_error)?.is_some()
-            || self.store.select_current_state_event(room_id, "m.room.canonical_alias", "").await.map_err(storage_error)?.is_some();
+        let has_name = self
+            .store
+            .select_current_state_event(room_id, "m.room.name", "")
+            .await
+            .map_err(storage_error)?
+            .is_some()
+            || self
+                .store
+                .select_current_state_event(room_id, "m.room.canonical_alias", "")
+                .await
+                .map_err(storage_error)?
+                .is_some();
         if !has_name {
-            for (member, _, _) in self.store.select_room_members(room_id, &["join", "invite"]).await.map_err(storage_error)? {
+            for (member, _, _) in self
+                .store
+                .select_room_members(room_id, &["join", "invite"])
+                .await
+                .map_err(storage_error)?
+            {
                 if member != user_id {
                     heroes.push(member);
                 }
@@ -367,13 +502,25 @@ impl SyncService {
                 }
             }
         }
-        Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
+        Ok(
+            json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }),
+        )
     }
 
-    async fn receipts(&self, user_id: &str, room_id: &str, since: Option<SyncToken>, now: SyncToken) -> Result<Option<Value>> {
+    async fn receipts(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        since: Option<SyncToken>,
+        now: SyncToken,
+    ) -> Result<Option<Value>> {
         let rows = self
             .store
-            .select_room_receipts(room_id, since.map_or(0, |s| s.get(StreamKind::Receipts).0), now.get(StreamKind::Receipts).0)
+            .select_room_receipts(
+                room_id,
+                since.map_or(0, |s| s.get(StreamKind::Receipts).0),
+                now.get(StreamKind::Receipts).0,
+            )
             .await
             .map_err(storage_error)?;
         let mut content = Map::new();
@@ -387,7 +534,9 @@ impl SyncService {
             if !r.thread_id.is_empty() {
                 receipt["thread_id"] = json!(r.thread_id);
             }
-            let entry = content.entry(r.event_id.clone()).or_insert_with(|| json!({}));
+            let entry = content
+                .entry(r.event_id.clone())
+                .or_insert_with(|| json!({}));
             entry[&r.receipt_type][&r.user_id] = receipt;
             any = true;
         }
@@ -408,8 +557,18 @@ impl SyncService {
         .iter()
         .map(|t| ((*t).to_owned(), String::new()))
         .collect();
-        let ids: Vec<String> = self.store.select_current_state_keys(room_id, &keys).await.map_err(storage_error)?.into_values().collect();
-        let mut rows = self.store.select_events(&ids).await.map_err(storage_error)?;
+        let ids: Vec<String> = self
+            .store
+            .select_current_state_keys(room_id, &keys)
+            .await
+            .map_err(storage_error)?
+            .into_values()
+            .collect();
+        let mut rows = self
+            .store
+            .select_events(&ids)
+            .await
+            .map_err(storage_error)?;
         rows.push(member_event.clone());
         // The inviter's member event helps clients show who invited.
         if let Some(inviter) = self
@@ -419,7 +578,12 @@ impl SyncService {
             .map_err(storage_error)?
             .filter(|_| member_event.sender != member_event.state_key.clone().unwrap_or_default())
         {
-            rows.extend(self.store.select_events(&[inviter]).await.map_err(storage_error)?);
+            rows.extend(
+                self.store
+                    .select_events(&[inviter])
+                    .await
+                    .map_err(storage_error)?,
+            );
         }
         Ok(rows
             .iter()
@@ -439,7 +603,12 @@ impl SyncService {
 fn membership_of(ev: &EventRow) -> String {
     serde_json::from_str::<Value>(&ev.json)
         .ok()
-        .and_then(|v| v.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("content")
+                .and_then(|c| c.get("membership"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_default()
 }
 

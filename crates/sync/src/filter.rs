@@ -40,7 +40,10 @@ fn event_filter(f: &RoomEventFilter) -> EventFilter {
     EventFilter {
         types: f.types.clone(),
         not_types: f.not_types.clone(),
-        senders: f.senders.as_ref().map(|s| s.iter().map(ToString::to_string).collect()),
+        senders: f
+            .senders
+            .as_ref()
+            .map(|s| s.iter().map(ToString::to_string).collect()),
         not_senders: f.not_senders.iter().map(ToString::to_string).collect(),
         lazy_load_members: matches!(f.lazy_load_options, LazyLoadOptions::Enabled { .. }),
         contains_url: None,
@@ -60,7 +63,10 @@ impl SyncFilter {
             timeline: event_filter(&room.timeline),
             state: event_filter(&room.state),
             include_leave: room.include_leave,
-            rooms: room.rooms.as_ref().map(|r| r.iter().map(ToString::to_string).collect()),
+            rooms: room
+                .rooms
+                .as_ref()
+                .map(|r| r.iter().map(ToString::to_string).collect()),
             not_rooms: room.not_rooms.iter().map(ToString::to_string).collect(),
             account_data_off: def.account_data.not_types.iter().any(|t| t == "*"),
         }
@@ -68,6 +74,9 @@ impl SyncFilter {
 
     /// Whether a room passes `rooms`/`not_rooms`.
     pub fn room_allowed(&self, room_id: &str) -> bool {
-        self.rooms.as_ref().is_none_or(|r| r.iter().any(|x| x == room_id)) && !self.not_rooms.iter().any(|x| x == room_id)
+        self.rooms
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|x| x == room_id))
+            && !self.not_rooms.iter().any(|x| x == room_id)
     }
 }

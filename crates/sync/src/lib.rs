@@ -34,12 +34,18 @@ pub fn router(sync: SyncService) -> Router {
     r.with_state(sync)
 }
 
-async fn load_filter(sync: &SyncService, user_id: &str, filter: Option<&sync_events::v3::Filter>) -> ApiResult<SyncFilter> {
+async fn load_filter(
+    sync: &SyncService,
+    user_id: &str,
+    filter: Option<&sync_events::v3::Filter>,
+) -> ApiResult<SyncFilter> {
     let def: FilterDefinition = match filter {
         None => return Ok(SyncFilter::default()),
         Some(sync_events::v3::Filter::FilterDefinition(d)) => d.clone(),
         Some(sync_events::v3::Filter::FilterId(id)) => {
-            let id: i64 = id.parse().map_err(|_| Error::invalid_param("unknown filter id"))?;
+            let id: i64 = id
+                .parse()
+                .map_err(|_| Error::invalid_param("unknown filter id"))?;
             let text = sync
                 .store()
                 .select_filter(user_id, id)
@@ -53,7 +59,10 @@ async fn load_filter(sync: &SyncService, user_id: &str, filter: Option<&sync_eve
 }
 
 /// `GET /_matrix/client/v3/sync`. Spec: <https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3sync>
-pub async fn sync_events(State(sync): State<SyncService>, req: Authed<sync_events::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn sync_events(
+    State(sync): State<SyncService>,
+    req: Authed<sync_events::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let b = &req.body;
     let user_id = req.user().as_str();
     let device_id = req.device().as_str();
@@ -83,11 +92,24 @@ pub async fn sync_events(State(sync): State<SyncService>, req: Authed<sync_event
         // Never hand out a token below the client's: clamp each stream to what we know.
         let since_clamped = since.map(|s| s.min(&now));
         let outcome = sync
-            .compute(&SyncRequest { user_id, device_id, since: since_clamped, now, full_state: b.full_state, filter: &filter })
+            .compute(&SyncRequest {
+                user_id,
+                device_id,
+                since: since_clamped,
+                now,
+                full_state: b.full_state,
+                filter: &filter,
+            })
             .await?;
-        let done = !outcome.is_empty || since.is_none() || b.full_state || tokio::time::Instant::now() >= deadline;
+        let done = !outcome.is_empty
+            || since.is_none()
+            || b.full_state
+            || tokio::time::Instant::now() >= deadline;
         if done {
-            let mut next = now.with(StreamKind::ToDevice, ganglion_core::StreamPos(outcome.to_device_upto));
+            let mut next = now.with(
+                StreamKind::ToDevice,
+                ganglion_core::StreamPos(outcome.to_device_upto),
+            );
             if let Some(s) = since {
                 // Streams this worker has not caught up on keep the client's position.
                 for kind in StreamKind::ALL {
@@ -109,7 +131,8 @@ pub async fn sync_events(State(sync): State<SyncService>, req: Authed<sync_event
             match wake {
                 Ok(Wake::Entry(entry)) => {
                     let relevant = entry.rows.iter().any(|row| {
-                        outcome.joined.contains(&row.room_id) || (!row.user_id.is_empty() && row.user_id == user_id)
+                        outcome.joined.contains(&row.room_id)
+                            || (!row.user_id.is_empty() && row.user_id == user_id)
                     });
                     if relevant {
                         break;

@@ -45,14 +45,22 @@ pub struct Notifier {
 
 impl Notifier {
     /// Starts following `bus`, with positions first read from the database.
-    pub async fn start(store: Store, bus: &Bus, shutdown: CancellationToken) -> Result<Notifier, ganglion_storage::Error> {
+    pub async fn start(
+        store: Store,
+        bus: &Bus,
+        shutdown: CancellationToken,
+    ) -> Result<Notifier, ganglion_storage::Error> {
         // Subscribe before reading positions, so nothing committed in between is missed.
         let sub = bus.subscribe();
         let token = positions_from_db(&store, SyncToken::default()).await?;
         let (tx, current) = watch::channel(token);
         let (wakes, _) = broadcast::channel(WAKE_CAPACITY);
         let typing: Arc<RwLock<HashMap<String, RoomTyping>>> = Arc::default();
-        let notifier = Notifier { current, wakes: wakes.clone(), typing: typing.clone() };
+        let notifier = Notifier {
+            current,
+            wakes: wakes.clone(),
+            typing: typing.clone(),
+        };
         tokio::spawn(follow(store, sub, tx, wakes, typing, shutdown));
         Ok(notifier)
     }
@@ -78,11 +86,17 @@ impl Notifier {
     /// The typing state of some rooms.
     pub async fn typing(&self, rooms: &[String]) -> HashMap<String, RoomTyping> {
         let t = self.typing.read().await;
-        rooms.iter().filter_map(|r| t.get(r).map(|v| (r.clone(), v.clone()))).collect()
+        rooms
+            .iter()
+            .filter_map(|r| t.get(r).map(|v| (r.clone(), v.clone())))
+            .collect()
     }
 }
 
-async fn positions_from_db(store: &Store, mut token: SyncToken) -> Result<SyncToken, ganglion_storage::Error> {
+async fn positions_from_db(
+    store: &Store,
+    mut token: SyncToken,
+) -> Result<SyncToken, ganglion_storage::Error> {
     for kind in StreamKind::ALL {
         let db = store.select_stream_max(kind).await?;
         if db > token.get(kind).0 {
@@ -107,7 +121,9 @@ async fn follow(
         };
         match delivery {
             Delivery::Entry(entry) => {
-                let Some(kind) = StreamKind::from_index(entry.stream) else { continue };
+                let Some(kind) = StreamKind::from_index(entry.stream) else {
+                    continue;
+                };
                 let cur = *tx.borrow();
                 if entry.prev > cur.get(kind).0 && kind != StreamKind::Typing {
                     // We missed something: catch up from the record first.
@@ -116,13 +132,26 @@ async fn follow(
                 if kind == StreamKind::Typing {
                     let mut t = typing.write().await;
                     for row in &entry.rows {
-                        t.insert(row.room_id.clone(), RoomTyping { user_ids: row.user_ids.clone(), pos: entry.pos });
+                        t.insert(
+                            row.room_id.clone(),
+                            RoomTyping {
+                                user_ids: row.user_ids.clone(),
+                                pos: entry.pos,
+                            },
+                        );
                     }
                 }
                 // Apply, then advance.
                 tx.send_modify(|tok| {
                     if entry.pos > tok.get(kind).0 || kind == StreamKind::Typing {
-                        tok.set(kind, StreamPos(entry.pos.max(if kind == StreamKind::Typing { 0 } else { tok.get(kind).0 })));
+                        tok.set(
+                            kind,
+                            StreamPos(entry.pos.max(if kind == StreamKind::Typing {
+                                0
+                            } else {
+                                tok.get(kind).0
+                            })),
+                        );
                     }
                 });
                 if !entry.rows.is_empty() {

@@ -14,7 +14,10 @@ pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
     route::<create_room::v3::Request, _, _, _>(r, create_room)
 }
 
-fn object(raw: Option<&ruma::serde::Raw<impl Sized>>, what: &str) -> ApiResult<Option<Map<String, Value>>> {
+fn object(
+    raw: Option<&ruma::serde::Raw<impl Sized>>,
+    what: &str,
+) -> ApiResult<Option<Map<String, Value>>> {
     match raw {
         None => Ok(None),
         Some(r) => match serde_json::from_str::<Value>(r.json().get()) {
@@ -25,7 +28,10 @@ fn object(raw: Option<&ruma::serde::Raw<impl Sized>>, what: &str) -> ApiResult<O
 }
 
 /// `POST /_matrix/client/v3/createRoom`.
-pub async fn create_room(State(api): State<ClientApi>, req: Authed<create_room::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn create_room(
+    State(api): State<ClientApi>,
+    req: Authed<create_room::v3::Request>,
+) -> ApiResult<Json<Value>> {
     api.room_limit.check(req.user().as_str())?;
     let body = &req.body;
     let preset = match &body.preset {
@@ -40,7 +46,11 @@ pub async fn create_room(State(api): State<ClientApi>, req: Authed<create_room::
     if let Some(v) = &body.room_version
         && v.rules().is_none()
     {
-        return Err(Error::new(ErrorKind::UnsupportedRoomVersion, "this server does not support that room version").into());
+        return Err(Error::new(
+            ErrorKind::UnsupportedRoomVersion,
+            "this server does not support that room version",
+        )
+        .into());
     }
     let alias = match &body.room_alias_name {
         None => None,
@@ -49,7 +59,14 @@ pub async fn create_room(State(api): State<ClientApi>, req: Authed<create_room::
             if local.is_empty() || local.contains(':') || ruma::RoomAliasId::parse(&full).is_err() {
                 return Err(Error::new(ErrorKind::InvalidParam, "invalid room alias").into());
             }
-            if api.rooms.store().select_alias(&full).await.map_err(ganglion_rooms::storage_error)?.is_some() {
+            if api
+                .rooms
+                .store()
+                .select_alias(&full)
+                .await
+                .map_err(ganglion_rooms::storage_error)?
+                .is_some()
+            {
                 return Err(Error::new(ErrorKind::RoomInUse, "room alias already taken").into());
             }
             Some(full)
@@ -57,13 +74,21 @@ pub async fn create_room(State(api): State<ClientApi>, req: Authed<create_room::
     };
     let mut initial_state = Vec::new();
     for raw in &body.initial_state {
-        let v: Value = serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
-        let kind = v.get("type").and_then(Value::as_str).ok_or_else(|| Error::bad_json("initial_state event without type"))?;
+        let v: Value =
+            serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::bad_json("initial_state event without type"))?;
         let sk = v.get("state_key").and_then(Value::as_str).unwrap_or("");
         let content = v.get("content").cloned().unwrap_or_else(|| json!({}));
         initial_state.push((kind.to_owned(), sk.to_owned(), content));
     }
-    let (displayname, avatar) = api.user_data.profile(req.user().as_str()).await.unwrap_or((None, None));
+    let (displayname, avatar) = api
+        .user_data
+        .profile(req.user().as_str())
+        .await
+        .unwrap_or((None, None));
     let spec = CreateRoomSpec {
         creator: req.user().to_owned(),
         creator_profile: (displayname, avatar),
@@ -77,7 +102,10 @@ pub async fn create_room(State(api): State<ClientApi>, req: Authed<create_room::
         is_direct: body.is_direct,
         initial_state,
         creation_content: object(body.creation_content.as_ref(), "creation_content")?,
-        power_level_content_override: object(body.power_level_content_override.as_ref(), "power_level_content_override")?,
+        power_level_content_override: object(
+            body.power_level_content_override.as_ref(),
+            "power_level_content_override",
+        )?,
     };
     let (room_id, _pos) = api.rooms.create_room(spec).await?;
     Ok(Json(json!({ "room_id": room_id })))

@@ -9,8 +9,8 @@ use ruma::{
     api::client::{
         knock::knock_room,
         membership::{
-            ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_rooms, kick_user,
-            leave_room, unban_user,
+            ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias,
+            joined_rooms, kick_user, leave_room, unban_user,
         },
     },
 };
@@ -33,7 +33,10 @@ pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
 }
 
 /// Resolves a room id or a local alias.
-pub(crate) async fn resolve_room(api: &ClientApi, target: &RoomOrAliasId) -> ApiResult<OwnedRoomId> {
+pub(crate) async fn resolve_room(
+    api: &ClientApi,
+    target: &RoomOrAliasId,
+) -> ApiResult<OwnedRoomId> {
     match <&ruma::RoomId>::try_from(target) {
         Ok(id) => Ok(id.to_owned()),
         Err(alias) => {
@@ -44,31 +47,55 @@ pub(crate) async fn resolve_room(api: &ClientApi, target: &RoomOrAliasId) -> Api
                 .await
                 .map_err(storage_error)?
                 .ok_or_else(|| Error::not_found("room alias not found"))?;
-            OwnedRoomId::try_from(room_id).map_err(|_| Error::internal("stored room id is invalid").into())
+            OwnedRoomId::try_from(room_id)
+                .map_err(|_| Error::internal("stored room id is invalid").into())
         }
     }
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`.
-pub async fn join_room_by_id(State(api): State<ClientApi>, req: Authed<join_room_by_id::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn join_room_by_id(
+    State(api): State<ClientApi>,
+    req: Authed<join_room_by_id::v3::Request>,
+) -> ApiResult<Json<Value>> {
     api.room_limit.check(req.user().as_str())?;
-    let out = api.rooms.join(&req.body.room_id, req.user(), req.body.reason.as_deref()).await?;
+    let out = api
+        .rooms
+        .join(&req.body.room_id, req.user(), req.body.reason.as_deref())
+        .await?;
     Ok(Json(json!({ "room_id": out.room_id })))
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`.
-pub async fn join_room_by_id_or_alias(State(api): State<ClientApi>, req: Authed<join_room_by_id_or_alias::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn join_room_by_id_or_alias(
+    State(api): State<ClientApi>,
+    req: Authed<join_room_by_id_or_alias::v3::Request>,
+) -> ApiResult<Json<Value>> {
     api.room_limit.check(req.user().as_str())?;
     let room_id = resolve_room(&api, &req.body.room_id_or_alias).await?;
-    let out = api.rooms.join(&room_id, req.user(), req.body.reason.as_deref()).await?;
+    let out = api
+        .rooms
+        .join(&room_id, req.user(), req.body.reason.as_deref())
+        .await?;
     Ok(Json(json!({ "room_id": out.room_id })))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`.
-pub async fn invite_user(State(api): State<ClientApi>, req: Authed<invite_user::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn invite_user(
+    State(api): State<ClientApi>,
+    req: Authed<invite_user::v3::Request>,
+) -> ApiResult<Json<Value>> {
     match &req.body.recipient {
         invite_user::v3::InvitationRecipient::UserId(invitee) => {
-            api.rooms.invite(&req.body.room_id, req.user(), &invitee.user_id, invitee.reason.as_deref(), false).await?;
+            api.rooms
+                .invite(
+                    &req.body.room_id,
+                    req.user(),
+                    &invitee.user_id,
+                    invitee.reason.as_deref(),
+                    false,
+                )
+                .await?;
             Ok(Json(json!({})))
         }
         _ => Err(Error::forbidden("third-party invites are not supported").into()),
@@ -76,44 +103,93 @@ pub async fn invite_user(State(api): State<ClientApi>, req: Authed<invite_user::
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/leave`.
-pub async fn leave_room(State(api): State<ClientApi>, req: Authed<leave_room::v3::Request>) -> ApiResult<Json<Value>> {
-    api.rooms.leave(&req.body.room_id, req.user(), req.body.reason.as_deref()).await?;
+pub async fn leave_room(
+    State(api): State<ClientApi>,
+    req: Authed<leave_room::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    api.rooms
+        .leave(&req.body.room_id, req.user(), req.body.reason.as_deref())
+        .await?;
     Ok(Json(json!({})))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/forget`.
-pub async fn forget_room(State(api): State<ClientApi>, req: Authed<forget_room::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn forget_room(
+    State(api): State<ClientApi>,
+    req: Authed<forget_room::v3::Request>,
+) -> ApiResult<Json<Value>> {
     api.rooms.forget(&req.body.room_id, req.user()).await?;
     Ok(Json(json!({})))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/kick`.
-pub async fn kick_user(State(api): State<ClientApi>, req: Authed<kick_user::v3::Request>) -> ApiResult<Json<Value>> {
-    api.rooms.set_membership_of(&req.body.room_id, req.user(), &req.body.user_id, "leave", req.body.reason.as_deref()).await?;
+pub async fn kick_user(
+    State(api): State<ClientApi>,
+    req: Authed<kick_user::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    api.rooms
+        .set_membership_of(
+            &req.body.room_id,
+            req.user(),
+            &req.body.user_id,
+            "leave",
+            req.body.reason.as_deref(),
+        )
+        .await?;
     Ok(Json(json!({})))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/ban`.
-pub async fn ban_user(State(api): State<ClientApi>, req: Authed<ban_user::v3::Request>) -> ApiResult<Json<Value>> {
-    api.rooms.set_membership_of(&req.body.room_id, req.user(), &req.body.user_id, "ban", req.body.reason.as_deref()).await?;
+pub async fn ban_user(
+    State(api): State<ClientApi>,
+    req: Authed<ban_user::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    api.rooms
+        .set_membership_of(
+            &req.body.room_id,
+            req.user(),
+            &req.body.user_id,
+            "ban",
+            req.body.reason.as_deref(),
+        )
+        .await?;
     Ok(Json(json!({})))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/unban`.
-pub async fn unban_user(State(api): State<ClientApi>, req: Authed<unban_user::v3::Request>) -> ApiResult<Json<Value>> {
-    api.rooms.unban(&req.body.room_id, req.user(), &req.body.user_id, req.body.reason.as_deref()).await?;
+pub async fn unban_user(
+    State(api): State<ClientApi>,
+    req: Authed<unban_user::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    api.rooms
+        .unban(
+            &req.body.room_id,
+            req.user(),
+            &req.body.user_id,
+            req.body.reason.as_deref(),
+        )
+        .await?;
     Ok(Json(json!({})))
 }
 
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`.
-pub async fn knock_room(State(api): State<ClientApi>, req: Authed<knock_room::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn knock_room(
+    State(api): State<ClientApi>,
+    req: Authed<knock_room::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let room_id = resolve_room(&api, &req.body.room_id_or_alias).await?;
-    let out = api.rooms.knock(&room_id, req.user(), req.body.reason.as_deref()).await?;
+    let out = api
+        .rooms
+        .knock(&room_id, req.user(), req.body.reason.as_deref())
+        .await?;
     Ok(Json(json!({ "room_id": out.room_id })))
 }
 
 /// `GET /_matrix/client/v3/joined_rooms`.
-pub async fn joined_rooms(State(api): State<ClientApi>, req: Authed<joined_rooms::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn joined_rooms(
+    State(api): State<ClientApi>,
+    req: Authed<joined_rooms::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let rooms = api.rooms.joined_rooms(req.user()).await?;
     Ok(Json(json!({ "joined_rooms": rooms })))
 }

@@ -7,7 +7,10 @@ use axum::{
 };
 use ganglion_core::{Error, token::PageToken};
 use ganglion_http::{ApiResult, Authed, Identity, route};
-use ganglion_rooms::format::{Shape, Viewer};
+use ganglion_rooms::{
+    format::{Shape, Viewer},
+    reads::MessagesQuery,
+};
 use ruma::api::{
     Direction,
     client::{
@@ -33,8 +36,14 @@ pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
     let r = route::<joined_members::v3::Request, _, _, _>(r, joined_members);
     let mut r = route::<get_event_by_timestamp::v1::Request, _, _, _>(r, get_event_by_timestamp);
     for prefix in ["/_matrix/client/r0", "/_matrix/client/v3"] {
-        r = r.route(&format!("{prefix}/rooms/{{roomId}}/state/{{eventType}}/"), get(get_state_empty_key));
-        r = r.route(&format!("{prefix}/rooms/{{roomId}}/state/{{eventType}}"), get(get_state_empty_key));
+        r = r.route(
+            &format!("{prefix}/rooms/{{roomId}}/state/{{eventType}}/"),
+            get(get_state_empty_key),
+        );
+        r = r.route(
+            &format!("{prefix}/rooms/{{roomId}}/state/{{eventType}}"),
+            get(get_state_empty_key),
+        );
     }
     r
 }
@@ -42,41 +51,78 @@ pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
 fn page_token(s: &Option<String>) -> ApiResult<Option<PageToken>> {
     match s {
         None => Ok(None),
-        Some(t) => t.parse().map(Some).map_err(|_| Error::invalid_param("invalid pagination token").into()),
+        Some(t) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::invalid_param("invalid pagination token").into()),
     }
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/messages`.
-pub async fn get_message_events(State(api): State<ClientApi>, req: Authed<get_message_events::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn get_message_events(
+    State(api): State<ClientApi>,
+    req: Authed<get_message_events::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let b = &req.body;
     let from = page_token(&b.from)?;
     let to = page_token(&b.to)?;
     let limit = usize::try_from(u64::from(b.limit)).unwrap_or(10);
     let filter = event_filter(&b.filter);
+    let q = MessagesQuery {
+        from,
+        to,
+        backwards: b.dir == Direction::Backward,
+        limit,
+        filter: &filter,
+    };
     let page = api
         .rooms
-        .messages(req.user().as_str(), b.room_id.as_str(), from, to, b.dir == Direction::Backward, limit, &filter)
+        .messages(req.user().as_str(), b.room_id.as_str(), &q)
         .await?;
-    let viewer = Viewer { user_id: req.user().as_str(), device_id: req.device().as_str() };
-    let chunk = api.rooms.format_events(&page.chunk, Some(viewer), Shape::Client).await?;
+    let viewer = Viewer {
+        user_id: req.user().as_str(),
+        device_id: req.device().as_str(),
+    };
+    let chunk = api
+        .rooms
+        .format_events(&page.chunk, Some(viewer), Shape::Client)
+        .await?;
     let mut out = json!({ "start": page.start.to_string(), "chunk": chunk });
     if let Some(end) = page.end {
         out["end"] = json!(end.to_string());
     }
     if !page.state.is_empty() {
-        out["state"] = json!(api.rooms.format_events(&page.state, Some(viewer), Shape::Client).await?);
+        out["state"] = json!(
+            api.rooms
+                .format_events(&page.state, Some(viewer), Shape::Client)
+                .await?
+        );
     }
     Ok(Json(out))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`.
-pub async fn get_context(State(api): State<ClientApi>, req: Authed<get_context::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn get_context(
+    State(api): State<ClientApi>,
+    req: Authed<get_context::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let b = &req.body;
     let limit = usize::try_from(u64::from(b.limit)).unwrap_or(10).min(100);
     let filter = event_filter(&b.filter);
-    let (before, event, after, state, start, end) =
-        api.rooms.context(req.user().as_str(), b.room_id.as_str(), b.event_id.as_str(), limit, &filter).await?;
-    let viewer = Some(Viewer { user_id: req.user().as_str(), device_id: req.device().as_str() });
+    let (before, event, after, state, start, end) = api
+        .rooms
+        .context(
+            req.user().as_str(),
+            b.room_id.as_str(),
+            b.event_id.as_str(),
+            limit,
+            &filter,
+        )
+        .await?;
+    let viewer = Some(Viewer {
+        user_id: req.user().as_str(),
+        device_id: req.device().as_str(),
+    });
     Ok(Json(json!({
         "start": start.to_string(),
         "end": end.to_string(),
@@ -88,34 +134,89 @@ pub async fn get_context(State(api): State<ClientApi>, req: Authed<get_context::
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`.
-pub async fn get_room_event(State(api): State<ClientApi>, req: Authed<get_room_event::v3::Request>) -> ApiResult<Json<Value>> {
-    let row = api.rooms.event_for(req.user().as_str(), req.body.room_id.as_str(), req.body.event_id.as_str()).await?;
-    let viewer = Some(Viewer { user_id: req.user().as_str(), device_id: req.device().as_str() });
-    let mut out = api.rooms.format_events(std::slice::from_ref(&row), viewer, Shape::Client).await?;
+pub async fn get_room_event(
+    State(api): State<ClientApi>,
+    req: Authed<get_room_event::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let row = api
+        .rooms
+        .event_for(
+            req.user().as_str(),
+            req.body.room_id.as_str(),
+            req.body.event_id.as_str(),
+        )
+        .await?;
+    let viewer = Some(Viewer {
+        user_id: req.user().as_str(),
+        device_id: req.device().as_str(),
+    });
+    let mut out = api
+        .rooms
+        .format_events(std::slice::from_ref(&row), viewer, Shape::Client)
+        .await?;
     Ok(Json(out.pop().unwrap_or(Value::Null)))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`.
-pub async fn get_state_events(State(api): State<ClientApi>, req: Authed<get_state_events::v3::Request>) -> ApiResult<Json<Value>> {
-    let rows = api.rooms.state_for(req.user().as_str(), req.body.room_id.as_str()).await?;
-    Ok(Json(Value::Array(api.rooms.format_events(&rows, None, Shape::Client).await?)))
+pub async fn get_state_events(
+    State(api): State<ClientApi>,
+    req: Authed<get_state_events::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let rows = api
+        .rooms
+        .state_for(req.user().as_str(), req.body.room_id.as_str())
+        .await?;
+    Ok(Json(Value::Array(
+        api.rooms.format_events(&rows, None, Shape::Client).await?,
+    )))
 }
 
-async fn state_event(api: &ClientApi, user: &str, room_id: &str, kind: &str, sk: &str, full: bool) -> ApiResult<Json<Value>> {
+async fn state_event(
+    api: &ClientApi,
+    user: &str,
+    room_id: &str,
+    kind: &str,
+    sk: &str,
+    full: bool,
+) -> ApiResult<Json<Value>> {
     let row = api.rooms.state_event_for(user, room_id, kind, sk).await?;
-    let mut event = api.rooms.format_events(std::slice::from_ref(&row), None, Shape::Client).await?.pop().unwrap_or(Value::Null);
+    let mut event = api
+        .rooms
+        .format_events(std::slice::from_ref(&row), None, Shape::Client)
+        .await?
+        .pop()
+        .unwrap_or(Value::Null);
     if full {
         Ok(Json(event))
     } else {
-        Ok(Json(event.get_mut("content").map(Value::take).unwrap_or_else(|| json!({}))))
+        Ok(Json(
+            event
+                .get_mut("content")
+                .map(Value::take)
+                .unwrap_or_else(|| json!({})),
+        ))
     }
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`.
-pub async fn get_state_event_for_key(State(api): State<ClientApi>, req: Authed<get_state_event_for_key::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn get_state_event_for_key(
+    State(api): State<ClientApi>,
+    req: Authed<get_state_event_for_key::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let b = &req.body;
-    let full = matches!(b.format, get_state_event_for_key::v3::StateEventFormat::Event);
-    state_event(&api, req.user().as_str(), b.room_id.as_str(), &b.event_type.to_string(), &b.state_key, full).await
+    let full = matches!(
+        b.format,
+        get_state_event_for_key::v3::StateEventFormat::Event
+    );
+    state_event(
+        &api,
+        req.user().as_str(),
+        b.room_id.as_str(),
+        &b.event_type.to_string(),
+        &b.state_key,
+        full,
+    )
+    .await
 }
 
 /// The empty-state-key form `GET …/state/{eventType}`.
@@ -130,7 +231,10 @@ pub async fn get_state_empty_key(
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/members`.
-pub async fn get_member_events(State(api): State<ClientApi>, req: Authed<get_member_events::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn get_member_events(
+    State(api): State<ClientApi>,
+    req: Authed<get_member_events::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let b = &req.body;
     let at = page_token(&b.at)?;
     let rows = api
@@ -143,19 +247,30 @@ pub async fn get_member_events(State(api): State<ClientApi>, req: Authed<get_mem
             b.not_membership.as_ref().map(|m| m.as_str()),
         )
         .await?;
-    Ok(Json(json!({ "chunk": api.rooms.format_events(&rows, None, Shape::Client).await? })))
+    Ok(Json(
+        json!({ "chunk": api.rooms.format_events(&rows, None, Shape::Client).await? }),
+    ))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`.
-pub async fn joined_members(State(api): State<ClientApi>, req: Authed<joined_members::v3::Request>) -> ApiResult<Json<Value>> {
+pub async fn joined_members(
+    State(api): State<ClientApi>,
+    req: Authed<joined_members::v3::Request>,
+) -> ApiResult<Json<Value>> {
     let room_id = req.body.room_id.as_str();
     if !api.rooms.is_joined(req.user().as_str(), room_id).await? {
         return Err(Error::forbidden("you are not in this room").into());
     }
-    let rows = api.rooms.members_for(req.user().as_str(), room_id, None, Some("join"), None).await?;
+    let rows = api
+        .rooms
+        .members_for(req.user().as_str(), room_id, None, Some("join"), None)
+        .await?;
     let mut joined = Map::new();
     for row in rows {
-        let content = serde_json::from_str::<Value>(&row.json).ok().and_then(|v| v.get("content").cloned()).unwrap_or_default();
+        let content = serde_json::from_str::<Value>(&row.json)
+            .ok()
+            .and_then(|v| v.get("content").cloned())
+            .unwrap_or_default();
         joined.insert(
             row.state_key.unwrap_or_default(),
             json!({ "display_name": content.get("displayname"), "avatar_url": content.get("avatar_url") }),
@@ -165,12 +280,22 @@ pub async fn joined_members(State(api): State<ClientApi>, req: Authed<joined_mem
 }
 
 /// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event`.
-pub async fn get_event_by_timestamp(State(api): State<ClientApi>, req: Authed<get_event_by_timestamp::v1::Request>) -> ApiResult<Json<Value>> {
+pub async fn get_event_by_timestamp(
+    State(api): State<ClientApi>,
+    req: Authed<get_event_by_timestamp::v1::Request>,
+) -> ApiResult<Json<Value>> {
     let b = &req.body;
     let ts = i64::from(b.ts.get());
     let (event_id, origin_ts) = api
         .rooms
-        .event_near_ts(req.user().as_str(), b.room_id.as_str(), ts, b.dir == Direction::Forward)
+        .event_near_ts(
+            req.user().as_str(),
+            b.room_id.as_str(),
+            ts,
+            b.dir == Direction::Forward,
+        )
         .await?;
-    Ok(Json(json!({ "event_id": event_id, "origin_server_ts": origin_ts })))
+    Ok(Json(
+        json!({ "event_id": event_id, "origin_server_ts": origin_ts }),
+    ))
 }

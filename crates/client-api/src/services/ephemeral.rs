@@ -21,12 +21,29 @@ pub struct Ephemeral {
 
 impl Ephemeral {
     /// The service over its dependencies.
-    pub fn new(store: Store, rooms: Rooms, typing: Typing, receipts: Arc<StreamWriter>, user_data: UserData) -> Ephemeral {
-        Ephemeral { store, rooms, typing, receipts, user_data }
+    pub fn new(
+        store: Store,
+        rooms: Rooms,
+        typing: Typing,
+        receipts: Arc<StreamWriter>,
+        user_data: UserData,
+    ) -> Ephemeral {
+        Ephemeral {
+            store,
+            rooms,
+            typing,
+            receipts,
+            user_data,
+        }
     }
 
     /// Sets or clears typing; the user must be joined.
-    pub async fn set_typing(&self, room_id: &str, user_id: &str, timeout: Option<Duration>) -> Result<StreamPos> {
+    pub async fn set_typing(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<StreamPos> {
         if !self.rooms.is_joined(user_id, room_id).await? {
             return Err(Error::forbidden("you are not in this room"));
         }
@@ -34,18 +51,34 @@ impl Ephemeral {
     }
 
     /// Records a receipt (`m.read`, `m.read.private`), or the fully-read marker.
-    pub async fn set_receipt(&self, room_id: &str, user_id: &str, receipt_type: &str, event_id: &str, thread_id: &str) -> Result<StreamPos> {
+    pub async fn set_receipt(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        receipt_type: &str,
+        event_id: &str,
+        thread_id: &str,
+    ) -> Result<StreamPos> {
         if !self.rooms.is_joined(user_id, room_id).await? {
             return Err(Error::forbidden("you are not in this room"));
         }
-        let event = self.store.select_event(event_id).await.map_err(storage_error)?;
+        let event = self
+            .store
+            .select_event(event_id)
+            .await
+            .map_err(storage_error)?;
         if event.as_ref().is_none_or(|e| e.room_id != room_id) {
             return Err(Error::not_found("event not found in this room"));
         }
         if receipt_type == "m.fully_read" {
             return self
                 .user_data
-                .set_account_data(user_id, room_id, "m.fully_read", &serde_json::json!({ "event_id": event_id }))
+                .set_account_data(
+                    user_id,
+                    room_id,
+                    "m.fully_read",
+                    &serde_json::json!({ "event_id": event_id }),
+                )
                 .await;
         }
         let row = Row {

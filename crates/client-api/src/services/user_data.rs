@@ -19,19 +19,39 @@ pub struct UserData {
 impl UserData {
     /// The service over its dependencies.
     pub fn new(store: Store, rooms: Rooms, account_data: Arc<StreamWriter>) -> UserData {
-        UserData { store, rooms, account_data }
+        UserData {
+            store,
+            rooms,
+            account_data,
+        }
     }
 
     /// Sets an account data entry (`room_id` empty for global).
-    pub async fn set_account_data(&self, user_id: &str, room_id: &str, kind: &str, content: &Value) -> Result<StreamPos> {
+    pub async fn set_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        kind: &str,
+        content: &Value,
+    ) -> Result<StreamPos> {
         if !content.is_object() {
-            return Err(Error::bad_json("account data content must be a JSON object"));
+            return Err(Error::bad_json(
+                "account data content must be a JSON object",
+            ));
         }
         let text = content.to_string();
-        let row = Row { room_id: room_id.to_owned(), user_id: user_id.to_owned(), kind: kind.to_owned(), ..Default::default() };
+        let row = Row {
+            room_id: room_id.to_owned(),
+            user_id: user_id.to_owned(),
+            kind: kind.to_owned(),
+            ..Default::default()
+        };
         self.account_data
             .write(vec![row], |pos| async move {
-                self.store.upsert_account_data(user_id, room_id, kind, &text, pos).await.map_err(storage_error)
+                self.store
+                    .upsert_account_data(user_id, room_id, kind, &text, pos)
+                    .await
+                    .map_err(storage_error)
             })
             .await
     }
@@ -49,20 +69,32 @@ impl UserData {
 
     /// The room's `m.tag` content (`{"tags": {}}` when unset).
     pub async fn tags(&self, user_id: &str, room_id: &str) -> Result<Value> {
-        match self.store.select_account_data(user_id, room_id, "m.tag").await.map_err(storage_error)? {
+        match self
+            .store
+            .select_account_data(user_id, room_id, "m.tag")
+            .await
+            .map_err(storage_error)?
+        {
             Some(t) => serde_json::from_str(&t).map_err(|e| Error::internal(e.to_string())),
             None => Ok(json!({ "tags": {} })),
         }
     }
 
     /// Adds or replaces one tag.
-    pub async fn set_tag(&self, user_id: &str, room_id: &str, tag: &str, info: Value) -> Result<StreamPos> {
+    pub async fn set_tag(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        tag: &str,
+        info: Value,
+    ) -> Result<StreamPos> {
         if tag.len() > 255 {
             return Err(Error::invalid_param("tag names are at most 255 bytes"));
         }
         let mut tags = self.tags(user_id, room_id).await?;
         tags["tags"][tag] = info;
-        self.set_account_data(user_id, room_id, "m.tag", &tags).await
+        self.set_account_data(user_id, room_id, "m.tag", &tags)
+            .await
     }
 
     /// Removes one tag (absent tags are fine).
@@ -71,18 +103,25 @@ impl UserData {
         if let Some(map) = tags.get_mut("tags").and_then(Value::as_object_mut) {
             map.remove(tag);
         }
-        self.set_account_data(user_id, room_id, "m.tag", &tags).await
+        self.set_account_data(user_id, room_id, "m.tag", &tags)
+            .await
     }
 
     /// Stores a filter, returning its id.
     pub async fn create_filter(&self, user_id: &str, filter: &Value) -> Result<String> {
-        let id = self.store.insert_filter(user_id, &filter.to_string()).await.map_err(storage_error)?;
+        let id = self
+            .store
+            .insert_filter(user_id, &filter.to_string())
+            .await
+            .map_err(storage_error)?;
         Ok(id.to_string())
     }
 
     /// Loads a filter; `M_NOT_FOUND` for unknown ids.
     pub async fn filter(&self, user_id: &str, filter_id: &str) -> Result<Value> {
-        let id: i64 = filter_id.parse().map_err(|_| Error::not_found("no such filter"))?;
+        let id: i64 = filter_id
+            .parse()
+            .map_err(|_| Error::not_found("no such filter"))?;
         let text = self
             .store
             .select_filter(user_id, id)
@@ -104,14 +143,27 @@ impl UserData {
     }
 
     /// Sets one profile field and updates the user's member events.
-    pub async fn set_profile_field(&self, user_id: &ruma::UserId, field: &str, value: Option<&str>) -> Result<()> {
+    pub async fn set_profile_field(
+        &self,
+        user_id: &ruma::UserId,
+        field: &str,
+        value: Option<&str>,
+    ) -> Result<()> {
         let (mut name, mut avatar) = self.profile(user_id.as_str()).await?;
         match field {
             "displayname" => name = value.map(str::to_owned),
             "avatar_url" => avatar = value.map(str::to_owned),
-            _ => return Err(Error::new(ganglion_core::ErrorKind::Unrecognized, "unsupported profile field")),
+            _ => {
+                return Err(Error::new(
+                    ganglion_core::ErrorKind::Unrecognized,
+                    "unsupported profile field",
+                ));
+            }
         }
-        self.store.update_profile(user_id.as_str(), name.as_deref(), avatar.as_deref()).await.map_err(storage_error)?;
+        self.store
+            .update_profile(user_id.as_str(), name.as_deref(), avatar.as_deref())
+            .await
+            .map_err(storage_error)?;
         self.rooms.refresh_member_profile(user_id).await?;
         Ok(())
     }

@@ -15,12 +15,15 @@ use ganglion_storage::{
 fn unique(prefix: &str) -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    let s: String = (0..10).map(|_| char::from(rng.sample(rand::distr::Alphanumeric)).to_ascii_lowercase()).collect();
+    let s: String = (0..10)
+        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)).to_ascii_lowercase())
+        .collect();
     format!("{prefix}_{s}")
 }
 
 fn pg_url() -> String {
-    std::env::var("GANGLION_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("GANGLION_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// A fresh, migrated store; the returned closure-ish guard drops a PostgreSQL database.
@@ -38,23 +41,46 @@ impl Fixture {
             Backend::Sqlite => (format!("sqlite://{}/t.db", dir.display()), None),
             Backend::Postgres => {
                 let name = unique("ganglion_st");
-                let admin = Store::connect(&format!("{}/postgres", pg_url()), 1, Duration::from_secs(10)).await.unwrap();
-                admin.execute_admin(&format!("CREATE DATABASE {name}")).await.unwrap();
+                let admin = Store::connect(
+                    &format!("{}/postgres", pg_url()),
+                    1,
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+                admin
+                    .execute_admin(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
                 admin.close().await;
                 (format!("{}/{name}", pg_url()), Some(name))
             }
         };
-        let store = Store::connect(&url, 4, Duration::from_secs(10)).await.unwrap();
+        let store = Store::connect(&url, 4, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert_eq!(store.migrate().await.unwrap(), vec![1]);
-        assert!(store.migrate().await.unwrap().is_empty(), "migrations are idempotent");
+        assert!(
+            store.migrate().await.unwrap().is_empty(),
+            "migrations are idempotent"
+        );
         Fixture { store, pg_db, dir }
     }
 
     async fn done(self) {
         self.store.close().await;
         if let Some(name) = self.pg_db {
-            let admin = Store::connect(&format!("{}/postgres", pg_url()), 1, Duration::from_secs(10)).await.unwrap();
-            admin.execute_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
+            let admin = Store::connect(
+                &format!("{}/postgres", pg_url()),
+                1,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            admin
+                .execute_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .unwrap();
             admin.close().await;
         }
         let _ = std::fs::remove_dir_all(self.dir);
@@ -82,8 +108,15 @@ macro_rules! both {
 
 async fn users_and_tokens(s: &Store) {
     s.insert_user("@a:x", Some("hash"), false).await.unwrap();
-    assert!(matches!(s.insert_user("@a:x", None, false).await, Err(ganglion_storage::Error::Conflict(_))));
-    let u = s.select_user_case_insensitive("@A:x").await.unwrap().expect("case-insensitive");
+    assert!(matches!(
+        s.insert_user("@a:x", None, false).await,
+        Err(ganglion_storage::Error::Conflict(_))
+    ));
+    let u = s
+        .select_user_case_insensitive("@A:x")
+        .await
+        .unwrap()
+        .expect("case-insensitive");
     assert_eq!(u.user_id, "@a:x");
     s.insert_login(NewLogin {
         user_id: "@a:x",
@@ -96,15 +129,40 @@ async fn users_and_tokens(s: &Store) {
     })
     .await
     .unwrap();
-    assert_eq!(s.select_token_owner("tok1").await.unwrap().expect("owner").device_id, "DEV");
-    let rotated = s.rotate_refresh_token("ref1", "tok2", "ref2", 99).await.unwrap();
+    assert_eq!(
+        s.select_token_owner("tok1")
+            .await
+            .unwrap()
+            .expect("owner")
+            .device_id,
+        "DEV"
+    );
+    let rotated = s
+        .rotate_refresh_token("ref1", "tok2", "ref2", 99)
+        .await
+        .unwrap();
     assert_eq!(rotated, Some(("@a:x".into(), "DEV".into())));
-    assert!(s.select_token_owner("tok1").await.unwrap().is_none(), "old access token revoked");
-    assert!(s.rotate_refresh_token("ref1", "t", "r", 1).await.unwrap().is_none(), "refresh tokens are single-use");
+    assert!(
+        s.select_token_owner("tok1").await.unwrap().is_none(),
+        "old access token revoked"
+    );
+    assert!(
+        s.rotate_refresh_token("ref1", "t", "r", 1)
+            .await
+            .unwrap()
+            .is_none(),
+        "refresh tokens are single-use"
+    );
     assert_eq!(s.select_devices("@a:x").await.unwrap().len(), 1);
     s.deactivate_user("@a:x").await.unwrap();
     assert!(s.select_token_owner("tok2").await.unwrap().is_none());
-    assert!(s.select_user("@a:x").await.unwrap().expect("user").deactivated);
+    assert!(
+        s.select_user("@a:x")
+            .await
+            .unwrap()
+            .expect("user")
+            .deactivated
+    );
 }
 both!(users_and_tokens);
 
@@ -124,7 +182,10 @@ fn event(id: &str, room: &str, kind: &str, sk: Option<&str>, prev: &[&str]) -> N
         prev_state_group: None,
         membership: (kind == "m.room.member").then(|| "join".into()),
         redacts: None,
-        new_room: (kind == "m.room.create").then(|| NewRoom { version: "11".into(), creator: "@a:x".into() }),
+        new_room: (kind == "m.room.create").then(|| NewRoom {
+            version: "11".into(),
+            creator: "@a:x".into(),
+        }),
     }
 }
 
@@ -135,24 +196,54 @@ async fn events_state_and_streams(s: &Store) {
         event("$1", "!r:x", "m.room.message", None, &["$m"]),
     ];
     let done = s.persist_events(&batch, 1, 1).await.unwrap();
-    assert_eq!(done.iter().map(|d| d.stream_ordering).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert_eq!(done[2].state_group, done[1].state_group, "a message keeps the room's state group");
+    assert_eq!(
+        done.iter().map(|d| d.stream_ordering).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        done[2].state_group, done[1].state_group,
+        "a message keeps the room's state group"
+    );
     assert_eq!(s.select_stream_max(StreamKind::Events).await.unwrap(), 3);
     let ext = s.select_extremities("!r:x").await.unwrap();
-    assert_eq!(ext.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(), vec!["$1"]);
-    let state = s.select_state_group(done[2].state_group.expect("group")).await.unwrap();
+    assert_eq!(
+        ext.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(),
+        vec!["$1"]
+    );
+    let state = s
+        .select_state_group(done[2].state_group.expect("group"))
+        .await
+        .unwrap();
     assert_eq!(state.len(), 2);
-    assert_eq!(s.select_membership("!r:x", "@a:x").await.unwrap().map(|m| m.0), Some("join".into()));
+    assert_eq!(
+        s.select_membership("!r:x", "@a:x")
+            .await
+            .unwrap()
+            .map(|m| m.0),
+        Some("join".into())
+    );
     let back = s.select_room_events("!r:x", 0, 3, true, 2).await.unwrap();
-    assert_eq!(back.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), vec!["$1", "$m"]);
-    assert_eq!(s.select_rooms_with_events(2, 3).await.unwrap(), vec!["!r:x".to_owned()]);
+    assert_eq!(
+        back.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+        vec!["$1", "$m"]
+    );
+    assert_eq!(
+        s.select_rooms_with_events(2, 3).await.unwrap(),
+        vec!["!r:x".to_owned()]
+    );
 
     // Many state changes: deltas roll over into snapshots and still read back whole.
     let mut prev = "$1".to_owned();
     let mut group = done[2].state_group;
     for i in 0..80 {
         let id = format!("$s{i}");
-        let mut ev = event(&id, "!r:x", "m.custom", Some(&format!("k{i}")), &[prev.as_str()]);
+        let mut ev = event(
+            &id,
+            "!r:x",
+            "m.custom",
+            Some(&format!("k{i}")),
+            &[prev.as_str()],
+        );
         ev.prev_state_group = group;
         let d = s.persist_events(&[ev], 4 + i, 3 + i).await.unwrap();
         group = d[0].state_group;
@@ -162,25 +253,52 @@ async fn events_state_and_streams(s: &Store) {
     assert_eq!(full.len(), 82);
 
     // A duplicate event id fails the batch and writes none of it.
-    let dup = vec![event("$new", "!r:x", "m.room.message", None, &[]), event("$1", "!r:x", "m.room.message", None, &[])];
+    let dup = vec![
+        event("$new", "!r:x", "m.room.message", None, &[]),
+        event("$1", "!r:x", "m.room.message", None, &[]),
+    ];
     assert!(s.persist_events(&dup, 1000, 1000).await.is_err());
-    assert!(s.select_event("$new").await.unwrap().is_none(), "a failed batch is rolled back");
+    assert!(
+        s.select_event("$new").await.unwrap().is_none(),
+        "a failed batch is rolled back"
+    );
 }
 both!(events_state_and_streams);
 
 async fn account_data_receipts_filters_aliases(s: &Store) {
-    s.upsert_account_data("@a:x", "", "m.direct", "{}", 1).await.unwrap();
-    s.upsert_account_data("@a:x", "!r:x", "m.tag", r#"{"tags":{}}"#, 2).await.unwrap();
-    s.upsert_account_data("@a:x", "", "m.direct", r#"{"x":1}"#, 3).await.unwrap();
+    s.upsert_account_data("@a:x", "", "m.direct", "{}", 1)
+        .await
+        .unwrap();
+    s.upsert_account_data("@a:x", "!r:x", "m.tag", r#"{"tags":{}}"#, 2)
+        .await
+        .unwrap();
+    s.upsert_account_data("@a:x", "", "m.direct", r#"{"x":1}"#, 3)
+        .await
+        .unwrap();
     let since = s.select_account_data_since("@a:x", 1, 3).await.unwrap();
     assert_eq!(since.len(), 2);
-    assert_eq!(s.select_account_data("@a:x", "", "m.direct").await.unwrap().as_deref(), Some(r#"{"x":1}"#));
+    assert_eq!(
+        s.select_account_data("@a:x", "", "m.direct")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"x":1}"#)
+    );
     assert_eq!(s.insert_filter("@a:x", "{}").await.unwrap(), 0);
     assert_eq!(s.insert_filter("@a:x", "{\"a\":1}").await.unwrap(), 1);
-    assert_eq!(s.select_filter("@a:x", 1).await.unwrap().as_deref(), Some("{\"a\":1}"));
+    assert_eq!(
+        s.select_filter("@a:x", 1).await.unwrap().as_deref(),
+        Some("{\"a\":1}")
+    );
     s.insert_alias("#a:x", "!r:x", "@a:x").await.unwrap();
-    assert!(matches!(s.insert_alias("#a:x", "!q:x", "@a:x").await, Err(ganglion_storage::Error::Conflict(_))));
-    assert_eq!(s.select_room_aliases("!r:x").await.unwrap(), vec!["#a:x".to_owned()]);
+    assert!(matches!(
+        s.insert_alias("#a:x", "!q:x", "@a:x").await,
+        Err(ganglion_storage::Error::Conflict(_))
+    ));
+    assert_eq!(
+        s.select_room_aliases("!r:x").await.unwrap(),
+        vec!["#a:x".to_owned()]
+    );
     assert!(s.delete_alias("#a:x").await.unwrap());
     assert!(!s.delete_alias("#a:x").await.unwrap());
 }

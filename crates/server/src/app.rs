@@ -1,0 +1,385 @@
+//! Building the all-in-one process and serving it.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, MatchedPath, Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use ganglion_account_api::Accounts;
+use ganglion_bus::Bus;
+use ganglion_client_api::{ClientApi, ClientConfig, Ephemeral, UserData};
+use ganglion_core::{Error, ErrorKind, config::Config};
+use ganglion_http::{ApiError, BodyLimit, ClientIp, RateLimiter};
+use ganglion_rooms::{Persister, Rooms, ServerKey, streams::StreamWriters, typing::Typing};
+use ganglion_storage::Store;
+use ganglion_sync::{Notifier, SyncService};
+use metrics_exporter_prometheus::PrometheusHandle;
+use ruma::{OwnedServerName, RoomVersionId};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{Any, CorsLayer};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database.
+    #[error("database: {0}")]
+    Storage(#[from] ganglion_storage::Error),
+    /// The signing key.
+    #[error("{0}")]
+    Key(#[from] ganglion_rooms::keys::KeyError),
+    /// A service refused to start.
+    #[error("{0}")]
+    Service(#[from] Error),
+    /// The configuration.
+    #[error("{0}")]
+    Config(String),
+    /// A listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Everything the all-in-one process runs.
+pub struct Server {
+    /// The client API router (all roles merged), layers applied.
+    pub app: Router,
+    /// The database.
+    pub store: Store,
+    /// Cancels background tasks on shutdown.
+    pub tasks: CancellationToken,
+    /// The persister task, awaited on shutdown so queued events are written.
+    pub persister_task: JoinHandle<()>,
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// The accounts service (for admin subcommands).
+    pub accounts: Accounts,
+}
+
+/// Connects, migrates and constructs every service of the all-in-one shape.
+pub async fn build_all(config: Config) -> Result<Server, StartError> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
+        StartError::Config(format!(
+            "cannot create data_dir {}: {e}",
+            config.server.data_dir
+        ))
+    })?;
+    let url = config.database_url();
+    let store = Store::connect(
+        &url,
+        config.database.max_connections,
+        Duration::from_secs(config.database.acquire_timeout_secs),
+    )
+    .await?;
+    let applied = store.migrate().await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "database migrated");
+    }
+    let server_name = OwnedServerName::try_from(config.server.server_name.as_str())
+        .map_err(|e| StartError::Config(format!("server.server_name: {e}")))?;
+    let default_version = RoomVersionId::try_from(config.server.default_room_version.as_str())
+        .map_err(|e| StartError::Config(format!("server.default_room_version: {e}")))?;
+    let key = Arc::new(ServerKey::load_or_generate(&config.signing_key_path())?);
+    tracing::info!(key_id = %key.key_id, "signing key loaded");
+
+    let tasks = CancellationToken::new();
+    let bus = Bus::in_process("main");
+    let (persister, persister_task) =
+        Persister::start(store.clone(), bus.clone(), tasks.clone()).await?;
+    let writers = StreamWriters::new(&store, &bus).await?;
+    let typing = Typing::new(writers.typing.clone());
+    let rooms = Rooms::new(
+        store.clone(),
+        persister,
+        key,
+        server_name.clone(),
+        default_version,
+    );
+    let notifier = Notifier::start(store.clone(), &bus, tasks.clone()).await?;
+
+    let limit = |l| {
+        if config.rate_limits.enabled {
+            Some(l)
+        } else {
+            None
+        }
+    };
+    let user_data = UserData::new(store.clone(), rooms.clone(), writers.account_data.clone());
+    let ephemeral = Ephemeral::new(
+        store.clone(),
+        rooms.clone(),
+        typing.clone(),
+        writers.receipts.clone(),
+        user_data.clone(),
+    );
+    let public_baseurl = config
+        .server
+        .public_baseurl
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/", config.listeners.client));
+    let client = ClientApi {
+        rooms: rooms.clone(),
+        user_data,
+        ephemeral,
+        config: Arc::new(ClientConfig {
+            public_baseurl,
+            default_room_version: config.server.default_room_version.clone(),
+        }),
+        message_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.message))),
+        room_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.rooms))),
+    };
+    let accounts = Accounts::new(
+        store.clone(),
+        rooms.clone(),
+        server_name,
+        config.registration.clone(),
+        config.auth.clone(),
+        RateLimiter::new(limit(config.rate_limits.registration)),
+        RateLimiter::new(limit(config.rate_limits.login)),
+    );
+    let sync = SyncService::new(store.clone(), rooms, notifier);
+    let accounts_for_cli = accounts.clone();
+
+    spawn_maintenance(&tasks, typing, writers, store.clone());
+
+    let per_ip = Arc::new(RateLimiter::new(limit(config.rate_limits.per_ip)));
+    let body_limit = config.server.max_request_bytes;
+    let app = Router::new()
+        .merge(ganglion_client_api::router(client))
+        .merge(ganglion_sync::router(sync))
+        .merge(ganglion_account_api::router(accounts.clone()))
+        .route("/health", get(health))
+        .route("/ready", get(ready).with_state(store.clone()))
+        .fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            accounts,
+            ganglion_account_api::auth_middleware,
+        ))
+        .layer(middleware::from_fn(move |req, next| {
+            request_context(req, next, body_limit, per_ip.clone())
+        }))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(cors())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ));
+    Ok(Server {
+        app,
+        store,
+        tasks,
+        persister_task,
+        config,
+        accounts: accounts_for_cli,
+    })
+}
+
+fn spawn_maintenance(
+    tasks: &CancellationToken,
+    typing: Typing,
+    writers: StreamWriters,
+    store: Store,
+) {
+    let token = tasks.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = token.cancelled() => break,
+            }
+            typing.expire().await;
+            writers.heartbeat().await;
+            let (size, idle) = store.pool_stats();
+            metrics::gauge!("ganglion_db_pool_connections").set(f64::from(size));
+            metrics::gauge!("ganglion_db_pool_idle").set(idle as f64);
+        }
+    });
+}
+
+/// CORS as the spec asks (Client-Server API, "Web Browser Clients").
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::HeaderName::from_static("x-requested-with"),
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+        ])
+}
+
+fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError(Error::internal("handler panicked")).into_response()
+}
+
+async fn unrecognized() -> ApiError {
+    ApiError(Error::new(ErrorKind::Unrecognized, "Unrecognized request"))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(Error::new(
+        ErrorKind::MethodNotAllowed,
+        "Unrecognized request",
+    ))
+}
+
+async fn health() -> &'static str {
+    "OK"
+}
+
+async fn ready(State(store): State<Store>) -> Response {
+    if store.ping().await {
+        (StatusCode::OK, "OK").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+    }
+}
+
+/// Per request: a request id (taken from `X-Request-Id` or made up, and echoed), the
+/// client IP, the body limit, and the coarse per-IP flood guard.
+async fn request_context(
+    mut req: Request,
+    next: Next,
+    body_limit: usize,
+    per_ip: Arc<RateLimiter>,
+) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            (0..16)
+                .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+                .collect()
+        });
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = ip {
+        req.extensions_mut().insert(ClientIp(ip));
+        if let Err(e) = per_ip.check(&ip.to_string()) {
+            return ApiError(e).into_response();
+        }
+    }
+    req.extensions_mut().insert(BodyLimit(body_limit));
+    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.uri().path());
+    let mut resp = {
+        let _enter = span.enter();
+        tracing::debug!("request");
+        drop(_enter);
+        tracing::Instrument::instrument(next.run(req), span.clone()).await
+    };
+    if let Some(detail) = resp
+        .extensions()
+        .get::<ganglion_http::error::InternalDetail>()
+    {
+        let _enter = span.enter();
+        tracing::error!(request_id = %request_id, detail = %detail.0, status = %resp.status(), "request failed");
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Requests by endpoint and status, and latency histograms.
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("ganglion_http_requests_total", "endpoint" => endpoint.clone(), "method" => method.clone(), "status" => status).increment(1);
+    metrics::histogram!("ganglion_http_request_duration_seconds", "endpoint" => endpoint, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Serves the client API on `listener` (and metrics on `metrics`) until `shutdown`
+/// resolves; then drains requests (bounded), stops tasks and closes the database.
+pub async fn serve(
+    server: Server,
+    listener: TcpListener,
+    metrics: Option<(TcpListener, PrometheusHandle)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Server {
+        app,
+        store,
+        tasks,
+        persister_task,
+        config,
+        ..
+    } = server;
+    let stop = CancellationToken::new();
+    if let Some((l, handle)) = metrics {
+        let metrics_app = Router::new()
+            .route("/metrics", get(move || std::future::ready(handle.render())))
+            .route("/health", get(health))
+            .route("/ready", get(ready).with_state(store.clone()));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, metrics_app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
+    let stop_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_signal.cancel();
+    });
+    let started = std::time::Instant::now();
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let handle = tokio::spawn(async move { server.await });
+    stop.cancelled().await;
+    tracing::info!("shutting down: draining requests");
+    match tokio::time::timeout(grace, handle).await {
+        Ok(_) => tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "requests drained"
+        ),
+        Err(_) => tracing::warn!("requests still running after the grace period; closing them"),
+    }
+    let t = std::time::Instant::now();
+    tasks.cancel();
+    let _ = tokio::time::timeout(grace, persister_task).await;
+    tracing::info!(
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "background tasks stopped; queued events written"
+    );
+    store.close().await;
+    tracing::info!("database closed; goodbye");
+    Ok(())
+}

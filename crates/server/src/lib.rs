@@ -1,0 +1,11 @@
+//! server: roles, listeners, config loading and the binaries.
+//!
+//! A process is a set of roles (ARCHITECTURE §2); `ganglion` runs every role in one
+//! process. [`build_all`] constructs services in dependency order; [`serve`] runs the
+//! listeners until shutdown. Depends on every other crate; nothing depends on it.
+
+pub mod app;
+pub mod config;
+pub mod telemetry;
+
+pub use app::{Server, build_all, serve};
