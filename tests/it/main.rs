@@ -1,0 +1,28 @@
+//! Black-box tests: the real `ganglion` binary on SQLite and on PostgreSQL, over HTTP.
+//! Every test runs once per backend (see `both!`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod accounts;
+mod bad_input;
+mod crash;
+mod discovery;
+mod rooms;
+mod sync;
+
+/// Declares a test twice: `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(ganglion_tests::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(ganglion_tests::Backend::Postgres).await
+            }
+        }
+    };
+}

@@ -1,0 +1,221 @@
+//! Starting and stopping a real `ganglion` process for a test.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Which database the server under test uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file in the test's temporary directory.
+    Sqlite,
+    /// A fresh PostgreSQL database, dropped afterwards.
+    Postgres,
+}
+
+/// A running server and everything it owns.
+pub struct TestServer {
+    pub base: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub backend: Backend,
+    pub db_name: Option<String>,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+}
+
+/// The `ganglion` binary: $GANGLION_BIN, or next to the test executable's directory.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("GANGLION_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test exe path");
+    // target/debug/deps/it-<hash> -> target/debug/ganglion
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("ganglion")
+}
+
+/// PostgreSQL admin URL for creating test databases.
+pub fn pg_url() -> String {
+    std::env::var("GANGLION_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn unique(prefix: &str) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let s: String = (0..10)
+        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)).to_ascii_lowercase())
+        .collect();
+    format!("{prefix}_{s}")
+}
+
+async fn pg_admin(sql: &str) {
+    use sqlx::Connection;
+    let url = format!("{}/postgres", pg_url());
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connect to PostgreSQL (set GANGLION_TEST_PG)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .expect("admin statement");
+}
+
+impl TestServer {
+    /// Starts a server with open registration and rate limits off, plus `extra` TOML.
+    pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, "").await
+    }
+
+    /// Starts a server with extra configuration appended (TOML sections).
+    pub async fn start_with(backend: Backend, extra: &str) -> TestServer {
+        let dir = std::env::temp_dir().join(unique("ganglion-it"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = free_port();
+        let (db_url, db_name) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}/ganglion.db", dir.display()), None),
+            Backend::Postgres => {
+                let name = unique("ganglion_it");
+                pg_admin(&format!("CREATE DATABASE {name}")).await;
+                (format!("{}/{name}", pg_url()), Some(name))
+            }
+        };
+        let has = |section: &str| extra.contains(&format!("[{section}]"));
+        let mut config = format!(
+            "[server]\nserver_name = \"localhost:{port}\"\ndata_dir = \"{}\"\n\n[listeners]\nclient = \"127.0.0.1:{port}\"\n\n[database]\nurl = \"{db_url}\"\n\n",
+            dir.display()
+        );
+        if !has("registration") {
+            config.push_str("[registration]\nenabled = true\nshared_secret = \"test-secret\"\n\n");
+        }
+        if !has("rate_limits") {
+            config.push_str("[rate_limits]\nenabled = false\n\n");
+        }
+        config.push_str(extra);
+        let config_path = dir.join("ganglion.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut srv = TestServer {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+            backend,
+            db_name,
+            config_path,
+            child: None,
+        };
+        srv.spawn().await;
+        srv
+    }
+
+    /// Starts (or restarts) the process and waits until it answers.
+    pub async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("log file");
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("dup log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary().display()));
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(60)).await;
+    }
+
+    /// Waits until `/health` answers, or panics with the log.
+    pub async fn wait_healthy(&mut self, limit: Duration) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(r) = http.get(format!("{}/health", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("server exited with {status}:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!("server did not become healthy:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush anything).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits for it.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// A client with no token.
+    pub fn client(&self) -> crate::Client {
+        crate::Client::new(&self.base)
+    }
+
+    /// Registers a user with a random suffix and returns a logged-in client.
+    pub async fn user(&self, name: &str) -> crate::Client {
+        let localpart = unique(name);
+        let c = self.client();
+        c.register(&localpart, "password-123").await
+    }
+
+    /// Drops the PostgreSQL database and the temporary directory.
+    pub async fn cleanup(mut self) {
+        self.kill9();
+        if let Some(name) = self.db_name.take() {
+            pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
