@@ -37,7 +37,10 @@ impl Subscription {
         match self.rx.recv().await {
             Ok(e) => Delivery::Entry(e),
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "bus subscriber lagged; catching up from the database");
+                tracing::warn!(
+                    missed = n,
+                    "bus subscriber lagged; catching up from the database"
+                );
                 Delivery::Gap
             }
             Err(broadcast::error::RecvError::Closed) => Delivery::Closed,
@@ -56,7 +59,10 @@ impl Bus {
     /// An in-process bus (the all-in-one shape). `writer` names this process in entries.
     pub fn in_process(writer: &str) -> Bus {
         let (tx, _) = broadcast::channel(IN_PROCESS_CAPACITY);
-        Bus { tx, writer: writer.into() }
+        Bus {
+            tx,
+            writer: writer.into(),
+        }
     }
 
     /// This process's writer name.
@@ -75,7 +81,9 @@ impl Bus {
 
     /// Subscribes to every stream from now on.
     pub fn subscribe(&self) -> Subscription {
-        Subscription { rx: self.tx.subscribe() }
+        Subscription {
+            rx: self.tx.subscribe(),
+        }
     }
 }
 
@@ -88,7 +96,12 @@ mod tests {
         let bus = Bus::in_process("main");
         let mut sub = bus.subscribe();
         for pos in 1..=3 {
-            bus.publish(Entry { stream: 0, prev: pos - 1, pos, ..Default::default() });
+            bus.publish(Entry {
+                stream: 0,
+                prev: pos - 1,
+                pos,
+                ..Default::default()
+            });
         }
         for pos in 1..=3 {
             match sub.recv().await {
@@ -100,7 +113,12 @@ mod tests {
             }
         }
         for pos in 0..(IN_PROCESS_CAPACITY as i64 + 10) {
-            bus.publish(Entry { stream: 0, prev: pos, pos: pos + 1, ..Default::default() });
+            bus.publish(Entry {
+                stream: 0,
+                prev: pos,
+                pos: pos + 1,
+                ..Default::default()
+            });
         }
         assert!(matches!(sub.recv().await, Delivery::Gap));
     }

@@ -77,7 +77,10 @@ pub struct ListenersConfig {
 
 impl Default for ListenersConfig {
     fn default() -> Self {
-        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)), metrics: None }
+        Self {
+            client: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            metrics: None,
+        }
     }
 }
 
@@ -95,7 +98,11 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: None, max_connections: 16, acquire_timeout_secs: 10 }
+        Self {
+            url: None,
+            max_connections: 16,
+            acquire_timeout_secs: 10,
+        }
     }
 }
 
@@ -125,7 +132,10 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { refreshable_access_token_lifetime_secs: 300, min_password_length: 0 }
+        Self {
+            refreshable_access_token_lifetime_secs: 300,
+            min_password_length: 0,
+        }
     }
 }
 
@@ -161,11 +171,26 @@ impl Default for RateLimitsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            message: RateLimit { per_second: 0.2, burst: 10.0 },
-            registration: RateLimit { per_second: 0.17, burst: 3.0 },
-            login: RateLimit { per_second: 0.17, burst: 3.0 },
-            rooms: RateLimit { per_second: 0.5, burst: 10.0 },
-            per_ip: RateLimit { per_second: 100.0, burst: 500.0 },
+            message: RateLimit {
+                per_second: 0.2,
+                burst: 10.0,
+            },
+            registration: RateLimit {
+                per_second: 0.17,
+                burst: 3.0,
+            },
+            login: RateLimit {
+                per_second: 0.17,
+                burst: 3.0,
+            },
+            rooms: RateLimit {
+                per_second: 0.5,
+                burst: 10.0,
+            },
+            per_ip: RateLimit {
+                per_second: 100.0,
+                burst: 500.0,
+            },
         }
     }
 }
@@ -182,7 +207,10 @@ pub struct LoggingConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -209,7 +237,12 @@ pub struct InvalidConfig {
 impl Config {
     /// Checks what serde cannot: values that parse but would not work.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        let bad = |key, reason: &str| Err(InvalidConfig { key, reason: reason.to_owned() });
+        let bad = |key, reason: &str| {
+            Err(InvalidConfig {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
         if ruma::ServerName::parse(&self.server.server_name).is_err() {
             return bad("server.server_name", "not a valid Matrix server name");
         }
@@ -218,10 +251,15 @@ impl Config {
             .and_then(|v| v.rules())
             .is_none()
         {
-            return bad("server.default_room_version", "not a supported room version");
+            return bad(
+                "server.default_room_version",
+                "not a supported room version",
+            );
         }
         if let Some(url) = &self.database.url
-            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
         {
             return bad("database.url", "must start with sqlite: or postgres://");
         }
@@ -283,7 +321,10 @@ mod tests {
         assert_eq!(c.validate().expect_err("refused").key, "server.server_name");
         let mut c = Config::default();
         c.server.default_room_version = "99".into();
-        assert_eq!(c.validate().expect_err("refused").key, "server.default_room_version");
+        assert_eq!(
+            c.validate().expect_err("refused").key,
+            "server.default_room_version"
+        );
         let mut c = Config::default();
         c.database.url = Some("mysql://x".into());
         assert_eq!(c.validate().expect_err("refused").key, "database.url");

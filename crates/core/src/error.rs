@@ -104,7 +104,10 @@ pub struct Error {
 impl Error {
     /// An error of the given kind with a message.
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
     /// `M_FORBIDDEN`.
     pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {

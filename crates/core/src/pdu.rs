@@ -106,9 +106,15 @@ impl Pdu {
         room_id: Option<OwnedRoomId>,
     ) -> Result<Pdu, PduError> {
         let h: Header = serde_json::from_str(&json)?;
-        let event_id = h.event_id.or(event_id).ok_or(PduError::Invalid("no event id"))?;
+        let event_id = h
+            .event_id
+            .or(event_id)
+            .ok_or(PduError::Invalid("no event id"))?;
         let has_room_id_field = h.room_id.is_some();
-        let room_id = h.room_id.or(room_id).ok_or(PduError::Invalid("no room id"))?;
+        let room_id = h
+            .room_id
+            .or(room_id)
+            .ok_or(PduError::Invalid("no room id"))?;
         let redacts = match h.redacts {
             Some(r) => Some(r),
             None if h.kind == TimelineEventType::RoomRedaction => {

@@ -116,7 +116,10 @@ impl SyncToken {
 
     /// Whether every stream of `self` is at or beyond `other`.
     pub fn covers(&self, other: &SyncToken) -> bool {
-        self.positions.iter().zip(other.positions.iter()).all(|(a, b)| a >= b)
+        self.positions
+            .iter()
+            .zip(other.positions.iter())
+            .all(|(a, b)| a >= b)
     }
 }
 
@@ -201,7 +204,9 @@ mod tests {
         assert_eq!(t.get(StreamKind::Events), StreamPos(5));
         assert_eq!(t.get(StreamKind::Typing), StreamPos(6));
         assert_eq!(t.get(StreamKind::Receipts), StreamPos(0));
-        let long: SyncToken = "g1_1_2_3_4_5_6_7_8_9_10".parse().expect("extra fields ignored");
+        let long: SyncToken = "g1_1_2_3_4_5_6_7_8_9_10"
+            .parse()
+            .expect("extra fields ignored");
         assert_eq!(long.get(StreamKind::PushRules), StreamPos(8));
         let multi: SyncToken = "g1_3~a.5.b.9_1".parse().expect("multi-writer field");
         assert_eq!(multi.get(StreamKind::Events), StreamPos(3));
@@ -210,7 +215,10 @@ mod tests {
     #[test]
     fn garbage_is_refused() {
         for bad in ["", "s1", "g1_x", "g2_1", "g1_-4", "t-1", "tx"] {
-            assert!(bad.parse::<SyncToken>().is_err() || bad.starts_with('t'), "{bad}");
+            assert!(
+                bad.parse::<SyncToken>().is_err() || bad.starts_with('t'),
+                "{bad}"
+            );
             if bad.starts_with('t') {
                 assert!(bad.parse::<PageToken>().is_err(), "{bad}");
             }

@@ -61,7 +61,9 @@ pub fn status_and_code(kind: &ErrorKind) -> (StatusCode, &'static str) {
         K::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
         K::Exclusive => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
         K::WeakPassword => (StatusCode::BAD_REQUEST, "M_WEAK_PASSWORD"),
-        K::CannotLeaveServerNoticeRoom => (StatusCode::FORBIDDEN, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM"),
+        K::CannotLeaveServerNoticeRoom => {
+            (StatusCode::FORBIDDEN, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM")
+        }
         K::NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
         K::ThreepidDenied => (StatusCode::FORBIDDEN, "M_THREEPID_DENIED"),
         K::InvalidSignature => (StatusCode::UNAUTHORIZED, "M_INVALID_SIGNATURE"),
@@ -95,13 +97,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _) = status_and_code(&self.0.kind);
         let mut resp = (status, Json(error_body(&self.0))).into_response();
-        if let ErrorKind::LimitExceeded { retry_after: Some(d) } = &self.0.kind
+        if let ErrorKind::LimitExceeded {
+            retry_after: Some(d),
+        } = &self.0.kind
             && let Ok(v) = http::HeaderValue::from_str(&d.as_secs().max(1).to_string())
         {
             resp.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
         if matches!(self.0.kind, ErrorKind::Internal | ErrorKind::Unavailable) {
-            resp.extensions_mut().insert(InternalDetail(self.0.message.to_string()));
+            resp.extensions_mut()
+                .insert(InternalDetail(self.0.message.to_string()));
         }
         resp
     }
@@ -114,8 +119,13 @@ pub struct RumaResponse<R>(pub R);
 impl<R: OutgoingResponseExt> IntoResponse for RumaResponse<R> {
     fn into_response(self) -> Response {
         match self.0.try_into_http_response::<BytesMut>() {
-            Ok(resp) => resp.map(|b| axum::body::Body::from(b.freeze())).into_response(),
-            Err(e) => ApiError(Error::internal(format!("response serialisation failed: {e}"))).into_response(),
+            Ok(resp) => resp
+                .map(|b| axum::body::Body::from(b.freeze()))
+                .into_response(),
+            Err(e) => ApiError(Error::internal(format!(
+                "response serialisation failed: {e}"
+            )))
+            .into_response(),
         }
     }
 }
@@ -130,12 +140,20 @@ mod tests {
     fn every_kind_maps_to_its_spec_status() {
         let cases = [
             (ErrorKind::Forbidden, 403, "M_FORBIDDEN"),
-            (ErrorKind::UnknownToken { soft_logout: true }, 401, "M_UNKNOWN_TOKEN"),
+            (
+                ErrorKind::UnknownToken { soft_logout: true },
+                401,
+                "M_UNKNOWN_TOKEN",
+            ),
             (ErrorKind::MissingToken, 401, "M_MISSING_TOKEN"),
             (ErrorKind::BadJson, 400, "M_BAD_JSON"),
             (ErrorKind::NotJson, 400, "M_NOT_JSON"),
             (ErrorKind::NotFound, 404, "M_NOT_FOUND"),
-            (ErrorKind::LimitExceeded { retry_after: None }, 429, "M_LIMIT_EXCEEDED"),
+            (
+                ErrorKind::LimitExceeded { retry_after: None },
+                429,
+                "M_LIMIT_EXCEEDED",
+            ),
             (ErrorKind::Unrecognized, 404, "M_UNRECOGNIZED"),
             (ErrorKind::MethodNotAllowed, 405, "M_UNRECOGNIZED"),
             (ErrorKind::UserInUse, 400, "M_USER_IN_USE"),
@@ -156,7 +174,12 @@ mod tests {
     fn bodies_carry_the_extra_fields() {
         let e = Error::new(ErrorKind::UnknownToken { soft_logout: true }, "expired");
         assert_eq!(error_body(&e)["soft_logout"], json!(true));
-        let e = Error::new(ErrorKind::LimitExceeded { retry_after: Some(Duration::from_millis(1500)) }, "slow down");
+        let e = Error::new(
+            ErrorKind::LimitExceeded {
+                retry_after: Some(Duration::from_millis(1500)),
+            },
+            "slow down",
+        );
         assert_eq!(error_body(&e)["retry_after_ms"], json!(1500));
         let e = Error::internal("db exploded at row 7");
         assert_eq!(error_body(&e)["error"], json!("Internal error"));

@@ -7,7 +7,10 @@ use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use ganglion_core::{Error, ErrorKind};
 use ruma::{
     OwnedDeviceId, OwnedUserId,
-    api::{IncomingRequest, IncomingRequestExt, error::{DeserializationError, FromHttpRequestError}},
+    api::{
+        IncomingRequest, IncomingRequestExt,
+        error::{DeserializationError, FromHttpRequestError},
+    },
 };
 
 use crate::ApiError;
@@ -82,7 +85,9 @@ impl<T> Authed<T> {
 /// Maps ruma's request parse failures to the spec's codes.
 pub fn parse_error(e: FromHttpRequestError) -> Error {
     match e {
-        FromHttpRequestError::MethodMismatch { .. } => Error::new(ErrorKind::MethodNotAllowed, "method not allowed"),
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::new(ErrorKind::MethodNotAllowed, "method not allowed")
+        }
         FromHttpRequestError::Deserialization(d) => match d {
             DeserializationError::Json(j) if j.is_syntax() || j.is_eof() => {
                 Error::new(ErrorKind::NotJson, format!("content not JSON: {j}"))
@@ -109,14 +114,20 @@ const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 async fn parse<T: IncomingRequest>(req: Request) -> Result<T, ApiError> {
     let (mut parts, body) = req.into_parts();
-    let limit = parts.extensions.get::<BodyLimit>().map_or(DEFAULT_BODY_LIMIT, |l| l.0);
+    let limit = parts
+        .extensions
+        .get::<BodyLimit>()
+        .map_or(DEFAULT_BODY_LIMIT, |l| l.0);
     let path = RawPathParams::from_request_parts(&mut parts, &())
         .await
         .map_err(|e| Error::invalid_param(format!("bad path parameter: {e}")))?;
     let args: Vec<&str> = path.iter().map(|(_, v)| v).collect();
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::new(ErrorKind::TooLarge, format!("request body over {limit} bytes")))?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Error::new(
+            ErrorKind::TooLarge,
+            format!("request body over {limit} bytes"),
+        )
+    })?;
     let req = http::Request::from_parts(parts, &bytes[..]);
     T::try_from_http_request(req, &args).map_err(|e| parse_error(e).into())
 }
@@ -145,7 +156,13 @@ where
         let identity = match req.extensions().get::<AuthState>() {
             Some(AuthState::User(id)) => id.clone(),
             Some(AuthState::Invalid { soft_logout }) => {
-                return Err(Error::new(ErrorKind::UnknownToken { soft_logout: *soft_logout }, "unknown or expired access token").into());
+                return Err(Error::new(
+                    ErrorKind::UnknownToken {
+                        soft_logout: *soft_logout,
+                    },
+                    "unknown or expired access token",
+                )
+                .into());
             }
             Some(AuthState::Anonymous) | None => {
                 return Err(Error::new(ErrorKind::MissingToken, "missing access token").into());
@@ -160,13 +177,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
     type Rejection = ApiError;
 
     /// For hand-written routes with no ruma type: the caller, or the spec's 401.
-    async fn from_request_parts(parts: &mut http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
         match parts.extensions.get::<AuthState>() {
             Some(AuthState::User(id)) => Ok(id.clone()),
-            Some(AuthState::Invalid { soft_logout }) => {
-                Err(Error::new(ErrorKind::UnknownToken { soft_logout: *soft_logout }, "unknown or expired access token").into())
+            Some(AuthState::Invalid { soft_logout }) => Err(Error::new(
+                ErrorKind::UnknownToken {
+                    soft_logout: *soft_logout,
+                },
+                "unknown or expired access token",
+            )
+            .into()),
+            Some(AuthState::Anonymous) | None => {
+                Err(Error::new(ErrorKind::MissingToken, "missing access token").into())
             }
-            Some(AuthState::Anonymous) | None => Err(Error::new(ErrorKind::MissingToken, "missing access token").into()),
         }
     }
 }

@@ -24,7 +24,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter; `None` allows everything (rate limits switched off).
     pub fn new(limit: Option<RateLimit>) -> RateLimiter {
-        RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes one token for `key`, or fails with `M_LIMIT_EXCEEDED` and how long to wait.
@@ -33,7 +36,9 @@ impl RateLimiter {
     }
 
     fn check_at(&self, key: &str, now: Instant) -> Result<(), Error> {
-        let Some(limit) = self.limit else { return Ok(()) };
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > SWEEP_AT {
             buckets.retain(|_, (tokens, at)| {
@@ -41,14 +46,20 @@ impl RateLimiter {
             });
         }
         let (tokens, at) = buckets.entry(key.to_owned()).or_insert((limit.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * limit.per_second).min(limit.burst);
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * limit.per_second).min(limit.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             Ok(())
         } else {
             let wait = Duration::from_secs_f64((1.0 - *tokens) / limit.per_second);
-            Err(Error::new(ErrorKind::LimitExceeded { retry_after: Some(wait) }, "too many requests"))
+            Err(Error::new(
+                ErrorKind::LimitExceeded {
+                    retry_after: Some(wait),
+                },
+                "too many requests",
+            ))
         }
     }
 }
@@ -59,18 +70,24 @@ mod tests {
 
     #[test]
     fn allows_a_burst_then_refuses_then_refills() {
-        let rl = RateLimiter::new(Some(RateLimit { per_second: 1.0, burst: 3.0 }));
+        let rl = RateLimiter::new(Some(RateLimit {
+            per_second: 1.0,
+            burst: 3.0,
+        }));
         let t0 = Instant::now();
         for _ in 0..3 {
             rl.check_at("u", t0).expect("within burst");
         }
         let err = rl.check_at("u", t0).expect_err("burst exhausted");
         match err.kind {
-            ErrorKind::LimitExceeded { retry_after: Some(d) } => assert!(d <= Duration::from_secs(1) && d > Duration::ZERO),
+            ErrorKind::LimitExceeded {
+                retry_after: Some(d),
+            } => assert!(d <= Duration::from_secs(1) && d > Duration::ZERO),
             other => panic!("unexpected {other:?}"),
         }
         rl.check_at("other", t0).expect("keys are independent");
-        rl.check_at("u", t0 + Duration::from_millis(1100)).expect("refilled");
+        rl.check_at("u", t0 + Duration::from_millis(1100))
+            .expect("refilled");
     }
 
     #[test]
