@@ -7,7 +7,8 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, overrides the config.
 pub fn init_logging(cfg: &LoggingConfig) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
+        // ruma-state-res logs every auth decision at info; that is debug detail for us.
+        .or_else(|_| EnvFilter::try_new(format!("{},ruma_state_res=warn", cfg.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match cfg.format {
