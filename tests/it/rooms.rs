@@ -232,3 +232,77 @@ async fn room_versions_and_directory(b: Backend) {
     srv.cleanup().await;
 }
 both!(room_versions_and_directory);
+
+async fn room_upgrade(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let local = format!("up{}", srv.port);
+    let old = alice.create_room(json!({ "preset": "public_chat", "name": "Old", "room_alias_name": local, "room_version": "10" })).await;
+    bob.join(&old).await;
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&old)),
+        json!({ "new_version": "12" }),
+    )
+    .await
+    .expect_err(403, "M_FORBIDDEN");
+    let up = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&old)),
+            json!({ "new_version": "12" }),
+        )
+        .await
+        .ok();
+    let new = up["replacement_room"]
+        .as_str()
+        .expect("replacement")
+        .to_owned();
+    let create = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.create/",
+            enc(&new)
+        ))
+        .await
+        .ok();
+    assert_eq!(create["room_version"], "12");
+    assert_eq!(create["predecessor"]["room_id"], old);
+    let name = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+            enc(&new)
+        ))
+        .await
+        .ok();
+    assert_eq!(name["name"], "Old");
+    let tomb = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.tombstone/",
+            enc(&old)
+        ))
+        .await
+        .ok();
+    assert_eq!(tomb["replacement_room"], new);
+    let alias = format!("#{local}:localhost:{}", srv.port);
+    let resolved = bob
+        .get(&format!(
+            "/_matrix/client/v3/directory/room/{}",
+            enc(&alias)
+        ))
+        .await
+        .ok();
+    assert_eq!(resolved["room_id"], new);
+    // The old room is now read-mostly for ordinary members.
+    bob.put(
+        &format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/late",
+            enc(&old)
+        ),
+        json!({ "body": "hi" }),
+    )
+    .await
+    .expect_err(403, "M_FORBIDDEN");
+    bob.join(&new).await;
+    bob.send_text(&new, "moved").await;
+    srv.cleanup().await;
+}
+both!(room_upgrade);

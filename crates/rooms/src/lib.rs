@@ -7,6 +7,7 @@
 pub mod builder;
 mod create_room;
 pub mod format;
+mod head;
 pub mod keys;
 mod membership;
 pub mod persister;
@@ -14,6 +15,7 @@ pub mod reads;
 mod send;
 pub mod streams;
 pub mod typing;
+mod upgrade;
 mod visibility;
 
 use std::{
@@ -54,7 +56,12 @@ struct Inner {
     server_name: OwnedServerName,
     default_version: RoomVersionId,
     locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    heads: std::sync::Mutex<head::Heads>,
+    pdu_cache: std::sync::Mutex<HashMap<String, Arc<Pdu>>>,
 }
+
+/// PDUs kept in memory (auth events, mostly); beyond this the cache is emptied.
+const MAX_CACHED_PDUS: usize = 50_000;
 
 impl Rooms {
     /// The service over its dependencies.
@@ -73,6 +80,8 @@ impl Rooms {
                 server_name,
                 default_version,
                 locks: Default::default(),
+                heads: Default::default(),
+                pdu_cache: Default::default(),
             }),
         }
     }
@@ -131,29 +140,62 @@ impl Rooms {
 
     /// Loads a PDU by id.
     pub async fn load_pdu(&self, event_id: &str) -> Result<Option<Arc<Pdu>>> {
-        let Some(row) = self
-            .inner
-            .store
-            .select_event(event_id)
-            .await
-            .map_err(storage_error)?
-        else {
-            return Ok(None);
-        };
-        pdu_from_row(&row).map(|p| Some(Arc::new(p)))
+        Ok(self
+            .load_pdus(&[event_id.to_owned()])
+            .await?
+            .remove(event_id))
     }
 
-    /// Loads PDUs by id (unknown ids skipped).
+    /// Loads PDUs by id (unknown ids skipped), from memory where cached.
     pub async fn load_pdus(&self, ids: &[String]) -> Result<HashMap<String, Arc<Pdu>>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        {
+            let cache = self
+                .inner
+                .pdu_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                match cache.get(id) {
+                    Some(p) => {
+                        out.insert(id.clone(), p.clone());
+                    }
+                    None => missing.push(id.clone()),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
         let rows = self
             .inner
             .store
-            .select_events(ids)
+            .select_events(&missing)
             .await
             .map_err(storage_error)?;
-        rows.iter()
-            .map(|r| Ok((r.event_id.clone(), Arc::new(pdu_from_row(r)?))))
-            .collect()
+        for r in &rows {
+            let pdu = Arc::new(pdu_from_row(r)?);
+            // Redacted events are served from their row; only intact ones are cached.
+            if r.redacted_by.is_none() {
+                self.cache_pdu(pdu.clone());
+            }
+            out.insert(r.event_id.clone(), pdu);
+        }
+        Ok(out)
+    }
+
+    /// Remembers a PDU (events never change; redactions are applied from their rows).
+    pub(crate) fn cache_pdu(&self, pdu: Arc<Pdu>) {
+        let mut cache = self
+            .inner
+            .pdu_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED_PDUS {
+            cache.clear();
+        }
+        cache.insert(pdu.event_id.to_string(), pdu);
     }
 
     /// The content of a current state event, if set.

@@ -80,7 +80,7 @@ impl Rooms {
             });
         }
 
-        let (version, rules, prev_group) = match &creating {
+        let (version, rules, prev_group, extremities) = match &creating {
             Some(c) => {
                 let rules = c.version.rules().ok_or_else(|| {
                     Error::new(
@@ -88,16 +88,14 @@ impl Rooms {
                         "unsupported room version",
                     )
                 })?;
-                (c.version.clone(), rules, None)
+                (c.version.clone(), rules, None, Vec::new())
             }
             None => {
-                let room = store
-                    .select_room(req.room_id.as_str())
-                    .await
-                    .map_err(storage_error)?
+                let head = self
+                    .head_view(req.room_id.as_str(), &[])
+                    .await?
                     .ok_or_else(|| Error::forbidden("you are not in this room"))?;
-                let (version, rules) = self.room_version(&room.room_id).await?;
-                (version, rules, room.state_group)
+                (head.version, head.rules, head.state_group, head.extremities)
             }
         };
 
@@ -107,14 +105,6 @@ impl Rooms {
             .map_err(|e| Error::bad_json(e.to_string()))?;
 
         // prev_events: the forward extremities.
-        let extremities = if creating.is_some() {
-            Vec::new()
-        } else {
-            store
-                .select_extremities(req.room_id.as_str())
-                .await
-                .map_err(storage_error)?
-        };
         let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
         let prev_events: Vec<OwnedEventId> = extremities
             .iter()
@@ -142,10 +132,10 @@ impl Rooms {
         let auth_ids = if creating.is_some() {
             Default::default()
         } else {
-            store
-                .select_current_state_keys(req.room_id.as_str(), &keys)
-                .await
-                .map_err(storage_error)?
+            self.head_view(req.room_id.as_str(), &keys)
+                .await?
+                .map(|h| h.state)
+                .unwrap_or_default()
         };
         let mut needed: Vec<String> = auth_ids.values().cloned().collect();
         if rules.events_reference_format
@@ -249,7 +239,25 @@ impl Rooms {
                 creator: req.sender.to_string(),
             }),
         };
-        let persisted = self.inner.persister.persist(new_event).await?;
+        let persisted = match self.inner.persister.persist(new_event).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.drop_head(req.room_id.as_str());
+                return Err(e);
+            }
+        };
+        if creating.is_none() {
+            self.advance_head(
+                pdu.room_id.as_str(),
+                pdu.event_id.as_str(),
+                depth,
+                tpl.state_key.as_deref().map(|sk| (tpl.kind.as_str(), sk)),
+                persisted.state_group,
+            );
+        }
+        if tpl.state_key.is_some() {
+            self.cache_pdu(Arc::new(pdu.clone()));
+        }
         Ok(SendOutcome {
             event_id: pdu.event_id,
             room_id: pdu.room_id,
@@ -264,14 +272,18 @@ impl Rooms {
         kind: &str,
         sk: &str,
     ) -> Result<Option<String>> {
-        let Some(prev_id) = self
-            .inner
-            .store
-            .select_current_state_event(room_id.as_str(), kind, sk)
-            .await
-            .map_err(storage_error)?
-        else {
-            return Ok(None);
+        let prev_id = match self.head_state_id(room_id.as_str(), kind, sk) {
+            Some(id) => id,
+            None => match self
+                .inner
+                .store
+                .select_current_state_event(room_id.as_str(), kind, sk)
+                .await
+                .map_err(storage_error)?
+            {
+                Some(id) => id,
+                None => return Ok(None),
+            },
         };
         let Some(prev) = self.load_pdu(&prev_id).await? else {
             return Ok(None);

@@ -11,7 +11,8 @@ use crate::ClientApi;
 
 /// Registers the creation route.
 pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
-    route::<create_room::v3::Request, _, _, _>(r, create_room)
+    let r = route::<create_room::v3::Request, _, _, _>(r, create_room);
+    route::<ruma::api::client::room::upgrade_room::v3::Request, _, _, _>(r, upgrade_room)
 }
 
 fn object(
@@ -109,4 +110,16 @@ pub async fn create_room(
     };
     let (room_id, _pos) = api.rooms.create_room(spec).await?;
     Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/upgrade`.
+pub async fn upgrade_room(
+    State(api): State<ClientApi>,
+    req: Authed<ruma::api::client::room::upgrade_room::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let (new_room, _) = api
+        .rooms
+        .upgrade(&req.body.room_id, req.user(), req.body.new_version.clone())
+        .await?;
+    Ok(Json(json!({ "replacement_room": new_room })))
 }
