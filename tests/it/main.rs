@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accounts;
+mod admin;
 mod bad_input;
 mod crash;
 mod discovery;
+mod features;
 mod rooms;
 mod sync;
 
