@@ -9,6 +9,7 @@ mod bad_input;
 mod crash;
 mod discovery;
 mod features;
+mod operations;
 mod rooms;
 mod sync;
 
