@@ -33,6 +33,26 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
 }
 
 impl EventFilter {
+    /// From a client's `RoomEventFilter` (the parts we apply).
+    pub fn from_ruma(f: &ruma::api::client::filter::RoomEventFilter) -> EventFilter {
+        use ruma::api::client::filter::{LazyLoadOptions, UrlFilter};
+        EventFilter {
+            types: f.types.clone(),
+            not_types: f.not_types.clone(),
+            senders: f
+                .senders
+                .as_ref()
+                .map(|s| s.iter().map(ToString::to_string).collect()),
+            not_senders: f.not_senders.iter().map(ToString::to_string).collect(),
+            lazy_load_members: matches!(f.lazy_load_options, LazyLoadOptions::Enabled { .. }),
+            contains_url: match f.url_filter {
+                Some(UrlFilter::EventsWithUrl) => Some(true),
+                Some(UrlFilter::EventsWithoutUrl) => Some(false),
+                None => None,
+            },
+        }
+    }
+
     /// Whether an event passes the filter.
     pub fn matches(&self, row: &EventRow) -> bool {
         if let Some(types) = &self.types
@@ -145,7 +165,8 @@ impl Rooms {
         Err(Error::forbidden("you are not allowed to read this room"))
     }
 
-    async fn history_visibility(&self, room_id: &str) -> Result<String> {
+    /// The room's current `history_visibility` (`shared` when unset).
+    pub async fn history_visibility(&self, room_id: &str) -> Result<String> {
         Ok(self
             .current_state_content(room_id, "m.room.history_visibility", "")
             .await?
@@ -252,10 +273,19 @@ impl Rooms {
             .into_iter()
             .map(|s| ("m.room.member".to_owned(), s))
             .collect();
+        self.current_state_events(room_id, &keys).await
+    }
+
+    /// The current state events of some (type, state key) pairs.
+    pub async fn current_state_events(
+        &self,
+        room_id: &str,
+        keys: &[(String, String)],
+    ) -> Result<Vec<EventRow>> {
         let ids: Vec<String> = self
             .inner
             .store
-            .select_current_state_keys(room_id, &keys)
+            .select_current_state_keys(room_id, keys)
             .await
             .map_err(storage_error)?
             .into_values()

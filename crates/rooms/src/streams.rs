@@ -5,7 +5,14 @@
 //! positions become visible in commit order and a reader never skips a row that commits
 //! late.
 
-use std::{collections::HashMap, future::Future, sync::Arc};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+};
 
 use ganglion_bus::{Bus, Entry, Row};
 use ganglion_core::{Error, StreamKind, StreamPos};
@@ -17,6 +24,8 @@ use tokio::sync::Mutex;
 pub struct StreamWriter {
     kind: StreamKind,
     last: Mutex<i64>,
+    /// The last committed position, readable without waiting for a write in progress.
+    committed: AtomicI64,
     bus: Bus,
 }
 
@@ -30,6 +39,7 @@ impl StreamWriter {
         Ok(StreamWriter {
             kind,
             last: Mutex::new(last),
+            committed: AtomicI64::new(last),
             bus,
         })
     }
@@ -44,6 +54,7 @@ impl StreamWriter {
         let pos = *last + 1;
         write(pos).await?;
         *last = pos;
+        self.committed.store(pos, Ordering::Release);
         self.bus.publish(Entry {
             writer: String::new(),
             stream: self.kind as i32,
@@ -52,6 +63,12 @@ impl StreamWriter {
             rows,
         });
         Ok(StreamPos(pos))
+    }
+
+    /// The last position written.
+    /// The last committed position, without waiting.
+    pub fn committed(&self) -> StreamPos {
+        StreamPos(self.committed.load(Ordering::Acquire))
     }
 
     /// The last position written.
@@ -107,6 +124,15 @@ impl StreamWriters {
         out.insert(StreamKind::ToDevice, self.to_device.position().await);
         out.insert(StreamKind::Typing, self.typing.position().await);
         out
+    }
+
+    /// Committed positions of every stream these writers own, without waiting.
+    pub fn committed(&self) -> [(StreamKind, StreamPos); 3] {
+        [
+            (StreamKind::Receipts, self.receipts.committed()),
+            (StreamKind::AccountData, self.account_data.committed()),
+            (StreamKind::ToDevice, self.to_device.committed()),
+        ]
     }
 
     /// Heartbeats every stream.

@@ -147,7 +147,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         RateLimiter::new(limit(config.rate_limits.registration)),
         RateLimiter::new(limit(config.rate_limits.login)),
     );
-    let sync = SyncService::new(store.clone(), rooms, notifier);
+    let sync = SyncService::new(store.clone(), rooms, notifier, Some(writers.clone()));
     let accounts_for_cli = accounts.clone();
 
     spawn_maintenance(&tasks, typing, writers, store.clone());

@@ -7,6 +7,7 @@ use ganglion_rooms::{
     Rooms,
     format::{Shape, Viewer},
     storage_error,
+    streams::StreamWriters,
 };
 use ganglion_storage::{Store, events::EventRow};
 use serde_json::{Map, Value, json};
@@ -47,6 +48,9 @@ pub struct SyncService {
     store: Store,
     rooms: Rooms,
     notifier: Notifier,
+    /// In the all-in-one shape, main's writers live in this process: their committed
+    /// positions give read-your-writes without waiting for the bus to come round.
+    local_writers: Option<StreamWriters>,
 }
 
 struct Membership {
@@ -56,12 +60,37 @@ struct Membership {
 
 impl SyncService {
     /// The service over its dependencies.
-    pub fn new(store: Store, rooms: Rooms, notifier: Notifier) -> SyncService {
+    pub fn new(
+        store: Store,
+        rooms: Rooms,
+        notifier: Notifier,
+        local_writers: Option<StreamWriters>,
+    ) -> SyncService {
         SyncService {
             store,
             rooms,
             notifier,
+            local_writers,
         }
+    }
+
+    /// The token a response is computed up to: the notifier's view, raised to what this
+    /// process's own writers have committed (database-backed streams only; typing stays
+    /// at what the notifier's cache has applied).
+    pub fn now(&self) -> SyncToken {
+        let mut now = self.notifier.current();
+        if let Some(w) = &self.local_writers {
+            for (kind, pos) in w.committed() {
+                if pos > now.get(kind) {
+                    now.set(kind, pos);
+                }
+            }
+            let events = self.rooms.events_position();
+            if events > now.get(StreamKind::Events) {
+                now.set(StreamKind::Events, events);
+            }
+        }
+        now
     }
 
     /// The notifier.
@@ -557,18 +586,7 @@ impl SyncService {
         .iter()
         .map(|t| ((*t).to_owned(), String::new()))
         .collect();
-        let ids: Vec<String> = self
-            .store
-            .select_current_state_keys(room_id, &keys)
-            .await
-            .map_err(storage_error)?
-            .into_values()
-            .collect();
-        let mut rows = self
-            .store
-            .select_events(&ids)
-            .await
-            .map_err(storage_error)?;
+        let mut rows = self.rooms.current_state_events(room_id, &keys).await?;
         rows.push(member_event.clone());
         // The inviter's member event helps clients show who invited.
         if let Some(inviter) = self

@@ -1,7 +1,7 @@
 //! The parts of a sync filter the server applies (spec: "Filtering").
 
 use ganglion_rooms::reads::EventFilter;
-use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter};
+use ruma::api::client::filter::{FilterDefinition, RoomEventFilter};
 
 /// A sync filter, reduced to what we apply.
 #[derive(Debug, Clone)]
@@ -37,17 +37,7 @@ impl Default for SyncFilter {
 }
 
 fn event_filter(f: &RoomEventFilter) -> EventFilter {
-    EventFilter {
-        types: f.types.clone(),
-        not_types: f.not_types.clone(),
-        senders: f
-            .senders
-            .as_ref()
-            .map(|s| s.iter().map(ToString::to_string).collect()),
-        not_senders: f.not_senders.iter().map(ToString::to_string).collect(),
-        lazy_load_members: matches!(f.lazy_load_options, LazyLoadOptions::Enabled { .. }),
-        contains_url: None,
-    }
+    EventFilter::from_ruma(f)
 }
 
 impl SyncFilter {

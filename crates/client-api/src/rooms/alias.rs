@@ -100,16 +100,7 @@ pub async fn get_room_aliases(
     req: Authed<aliases::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let room_id = req.body.room_id.as_str();
-    let world = api
-        .rooms
-        .current_state_content(room_id, "m.room.history_visibility", "")
-        .await?
-        .and_then(|c| {
-            c.get("history_visibility")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        == Some("world_readable".into());
+    let world = api.rooms.history_visibility(room_id).await? == "world_readable";
     if !world && !api.rooms.is_joined(req.user().as_str(), room_id).await? {
         return Err(Error::forbidden("you are not in this room").into());
     }

@@ -28,22 +28,5 @@ pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
 
 /// Our filter from ruma's `RoomEventFilter`.
 pub fn event_filter(f: &RoomEventFilter) -> EventFilter {
-    EventFilter {
-        types: f.types.clone(),
-        not_types: f.not_types.clone(),
-        senders: f
-            .senders
-            .as_ref()
-            .map(|s| s.iter().map(ToString::to_string).collect()),
-        not_senders: f.not_senders.iter().map(ToString::to_string).collect(),
-        lazy_load_members: matches!(
-            f.lazy_load_options,
-            ruma::api::client::filter::LazyLoadOptions::Enabled { .. }
-        ),
-        contains_url: match f.url_filter {
-            Some(ruma::api::client::filter::UrlFilter::EventsWithUrl) => Some(true),
-            Some(ruma::api::client::filter::UrlFilter::EventsWithoutUrl) => Some(false),
-            None => None,
-        },
-    }
+    EventFilter::from_ruma(f)
 }
