@@ -163,13 +163,19 @@ impl SyncService {
         let since_ev = since.map_or(0, |s| s.get(StreamKind::Events).0);
         let now_ev = now.get(StreamKind::Events).0;
         let f = req.filter;
-        let forgotten: HashSet<String> = self
-            .store
-            .select_forgotten(req.user_id)
-            .await
-            .map_err(storage_error)?
-            .into_iter()
-            .collect();
+        // A stream that has not moved since the client's token has nothing to say: skip
+        // its queries (most wake-ups move only the events stream).
+        let moved = |kind: StreamKind| since.is_none_or(|s| s.get(kind) < now.get(kind));
+        let forgotten: HashSet<String> = if since.is_none() || moved(StreamKind::Events) {
+            self.store
+                .select_forgotten(req.user_id)
+                .await
+                .map_err(storage_error)?
+                .into_iter()
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let memberships = self.memberships(req.user_id, now_ev).await?;
         let joined: HashSet<String> = memberships
             .iter()
@@ -187,7 +193,7 @@ impl SyncService {
         } else {
             HashSet::new()
         };
-        let receipt_rooms: HashSet<String> = match since {
+        let receipt_rooms: HashSet<String> = match since.filter(|_| moved(StreamKind::Receipts)) {
             Some(s) => self
                 .store
                 .select_rooms_with_receipts(
@@ -200,7 +206,7 @@ impl SyncService {
                 .collect(),
             None => HashSet::new(),
         };
-        let account_data = if f.account_data_off {
+        let account_data = if f.account_data_off || !moved(StreamKind::AccountData) {
             Vec::new()
         } else {
             self.store
@@ -297,16 +303,20 @@ impl SyncService {
         }
 
         // Send-to-device.
-        let to_device = self
-            .store
-            .select_to_device(
-                req.user_id,
-                req.device_id,
-                now.get(StreamKind::ToDevice).0,
-                100,
-            )
-            .await
-            .map_err(storage_error)?;
+        // Everything at or below the client's token was deleted when it acknowledged it.
+        let to_device = if moved(StreamKind::ToDevice) {
+            self.store
+                .select_to_device(
+                    req.user_id,
+                    req.device_id,
+                    now.get(StreamKind::ToDevice).0,
+                    100,
+                )
+                .await
+                .map_err(storage_error)?
+        } else {
+            Vec::new()
+        };
         let to_device_upto = if to_device.len() == 100 {
             to_device
                 .last()
