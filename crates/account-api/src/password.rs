@@ -29,14 +29,39 @@ pub(crate) fn check_policy(password: &str, min_length: usize) -> Result<()> {
     Ok(())
 }
 
+/// How many argon2 computations run at once. Each takes 19 MiB and a core for ~50 ms;
+/// more at once than there are cores only adds memory (and queueing is fairer than
+/// thrashing). Process-wide by nature: it guards the machine, not a service.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// The argon2id hasher for new passwords: OWASP's m = 7 MiB, t = 5, p = 1 setting, which
+/// its cheat sheet rates equal to the crate default (19 MiB, t = 2) at a third of the
+/// memory. Verification reads the parameters from each stored hash, so older hashes
+/// keep working.
+fn hasher() -> Result<Argon2<'static>> {
+    let params = argon2::Params::new(7 * 1024, 5, 1, None)
+        .map_err(|e| Error::internal(format!("argon2 params: {e}")))?;
+    Ok(Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params,
+    ))
+}
+
 /// Hashes a password into an argon2id PHC string.
 pub(crate) async fn hash(password: &str) -> Result<String> {
     let password = password.to_owned();
     let salt_bytes: [u8; 16] = rand::rng().random();
+    // The permit moves into the task, so a client hanging up cannot free it early.
+    let permit = HASHING
+        .acquire()
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let salt = SaltString::encode_b64(&salt_bytes)
             .map_err(|e| Error::internal(format!("salt: {e}")))?;
-        Argon2::default()
+        hasher()?
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
             .map_err(|e| Error::internal(format!("argon2 hash: {e}")))
@@ -50,13 +75,20 @@ pub(crate) async fn hash(password: &str) -> Result<String> {
 pub(crate) async fn verify(password: &str, phc: &str) -> Result<bool> {
     let password = password.to_owned();
     let phc = phc.to_owned();
-    tokio::task::spawn_blocking(move || match PasswordHash::new(&phc) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(e) => {
-            tracing::error!(error = %e, "stored password hash does not parse");
-            false
+    let permit = HASHING
+        .acquire()
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        match PasswordHash::new(&phc) {
+            Ok(parsed) => Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok(),
+            Err(e) => {
+                tracing::error!(error = %e, "stored password hash does not parse");
+                false
+            }
         }
     })
     .await
