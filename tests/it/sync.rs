@@ -16,6 +16,28 @@ fn timeline(sync: &Value, room: &str) -> Vec<Value> {
 
 async fn incremental_and_long_poll(b: Backend) {
     let srv = TestServer::start(b).await;
+    long_poll_scenario(&srv).await;
+    srv.cleanup().await;
+}
+both!(incremental_and_long_poll);
+
+/// The same scenario with the replication bus on a real Redis (Redis Streams).
+async fn over_the_redis_bus(b: Backend) {
+    let redis =
+        std::env::var("GANGLION_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("ganglion-it-{}", rand::random::<u32>());
+    let srv = TestServer::start_with(
+        b,
+        &format!("[bus]\nredis_url = \"{redis}\"\nkey_prefix = \"{prefix}\"\n"),
+    )
+    .await;
+    long_poll_scenario(&srv).await;
+    assert!(srv.log().contains("Redis Streams"), "{}", srv.log());
+    srv.cleanup().await;
+}
+both!(over_the_redis_bus);
+
+async fn long_poll_scenario(srv: &TestServer) {
     let alice = srv.user("alice").await;
     let bob = srv.user("bob").await;
     let room = alice.create_room(json!({ "invite": [bob.user_id] })).await;
@@ -128,9 +150,7 @@ async fn incremental_and_long_poll(b: Backend) {
     assert_eq!(jr["events"].as_array().expect("events").len(), 2);
     assert_eq!(jr["limited"], true);
     assert!(jr["prev_batch"].is_string());
-    srv.cleanup().await;
 }
-both!(incremental_and_long_poll);
 
 async fn leave_and_rejoin(b: Backend) {
     let srv = TestServer::start(b).await;

@@ -27,6 +27,28 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// Logging.
     pub logging: LoggingConfig,
+    /// The replication bus.
+    pub bus: BusConfig,
+}
+
+/// `[bus]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Redis URL (`redis://host:port`) for the Redis Streams bus. Unset: the in-process
+    /// bus, which is all a single process needs.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "ganglion".into(),
+        }
+    }
 }
 
 /// `[server]`
@@ -262,6 +284,14 @@ impl Config {
                 || url.starts_with("postgresql://"))
         {
             return bad("database.url", "must start with sqlite: or postgres://");
+        }
+        if let Some(url) = &self.bus.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return bad("bus.redis_url", "must start with redis:// or rediss://");
+        }
+        if self.bus.key_prefix.is_empty() {
+            return bad("bus.key_prefix", "must not be empty");
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");

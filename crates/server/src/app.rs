@@ -63,6 +63,8 @@ pub struct Server {
     pub config: Arc<Config>,
     /// The accounts service (for admin subcommands).
     pub accounts: Accounts,
+    /// The replication bus (flushed on shutdown).
+    pub bus: Bus,
 }
 
 /// Connects, migrates and constructs every service of the all-in-one shape.
@@ -93,7 +95,16 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     tracing::info!(key_id = %key.key_id, "signing key loaded");
 
     let tasks = CancellationToken::new();
-    let bus = Bus::in_process("main");
+    let bus = match &config.bus.redis_url {
+        Some(url) => {
+            let bus = ganglion_bus_redis::connect(url, "main", &config.bus.key_prefix)
+                .await
+                .map_err(|e| StartError::Config(format!("bus.redis_url: {e}")))?;
+            tracing::info!(prefix = %config.bus.key_prefix, "replication bus: Redis Streams");
+            bus
+        }
+        None => Bus::in_process("main"),
+    };
     let (persister, persister_task) =
         Persister::start(store.clone(), bus.clone(), tasks.clone()).await?;
     let writers = StreamWriters::new(&store, &bus).await?;
@@ -149,6 +160,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     );
     let sync = SyncService::new(store.clone(), rooms, notifier, Some(writers.clone()));
     let accounts_for_cli = accounts.clone();
+    let bus_handle = bus.clone();
 
     spawn_maintenance(&tasks, typing, writers, store.clone());
 
@@ -181,6 +193,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         persister_task,
         config,
         accounts: accounts_for_cli,
+        bus: bus_handle,
     })
 }
 
@@ -335,6 +348,7 @@ pub async fn serve(
         tasks,
         persister_task,
         config,
+        bus,
         ..
     } = server;
     let stop = CancellationToken::new();
@@ -379,6 +393,9 @@ pub async fn serve(
         elapsed_ms = t.elapsed().as_millis() as u64,
         "background tasks stopped; queued events written"
     );
+    let t = std::time::Instant::now();
+    let _ = tokio::time::timeout(grace, bus.flush()).await;
+    tracing::info!(elapsed_ms = t.elapsed().as_millis() as u64, "bus flushed");
     store.close().await;
     tracing::info!("database closed; goodbye");
     Ok(())
