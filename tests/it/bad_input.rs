@@ -202,3 +202,39 @@ async fn rate_limits_answer_429(b: Backend) {
     srv.cleanup().await;
 }
 both!(rate_limits_answer_429);
+
+async fn per_ip_limits_follow_x_forwarded_for(b: Backend) {
+    let srv = TestServer::start_with(
+        b,
+        "[rate_limits]\nenabled = true\nper_ip = { per_second = 0.01, burst = 3.0 }\n",
+    )
+    .await;
+    // Behind a proxy every request comes from the proxy's address; with x_forwarded on,
+    // each client is limited on its own.
+    let cfg = std::fs::read_to_string(&srv.config_path).expect("config");
+    std::fs::write(
+        &srv.config_path,
+        cfg.replace("[listeners]\n", "[listeners]\nx_forwarded = true\n"),
+    )
+    .expect("config");
+    let mut srv = srv;
+    srv.kill9();
+    srv.spawn().await;
+    let http = reqwest::Client::new();
+    let get = |ip: &'static str| {
+        http.get(format!("{}/_matrix/client/versions", srv.base))
+            .header("x-forwarded-for", format!("203.0.113.9, {ip}"))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(get("198.51.100.1").await.expect("req").status(), 200);
+    }
+    assert_eq!(get("198.51.100.1").await.expect("req").status(), 429);
+    assert_eq!(
+        get("198.51.100.2").await.expect("req").status(),
+        200,
+        "another client is not limited"
+    );
+    srv.cleanup().await;
+}
+both!(per_ip_limits_follow_x_forwarded_for);

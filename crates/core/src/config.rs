@@ -95,6 +95,9 @@ pub struct ListenersConfig {
     pub client: SocketAddr,
     /// Address of the Prometheus metrics listener; empty string or absent disables it.
     pub metrics: Option<SocketAddr>,
+    /// Whether the client listener sits behind a reverse proxy that sets
+    /// `X-Forwarded-For`; the client IP (rate limits, device list) is then taken from it.
+    pub x_forwarded: bool,
 }
 
 impl Default for ListenersConfig {
@@ -102,6 +105,7 @@ impl Default for ListenersConfig {
         Self {
             client: SocketAddr::from(([127, 0, 0, 1], 8008)),
             metrics: None,
+            x_forwarded: false,
         }
     }
 }

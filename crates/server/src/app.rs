@@ -166,12 +166,11 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
 
     let per_ip = Arc::new(RateLimiter::new(limit(config.rate_limits.per_ip)));
     let body_limit = config.server.max_request_bytes;
+    let x_forwarded = config.listeners.x_forwarded;
     let app = Router::new()
         .merge(ganglion_client_api::router(client))
         .merge(ganglion_sync::router(sync))
         .merge(ganglion_account_api::router(accounts.clone()))
-        .route("/health", get(health))
-        .route("/ready", get(ready).with_state(store.clone()))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -179,13 +178,18 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
             ganglion_account_api::auth_middleware,
         ))
         .layer(middleware::from_fn(move |req, next| {
-            request_context(req, next, body_limit, per_ip.clone())
+            request_context(req, next, body_limit, x_forwarded, per_ip.clone())
         }))
         .layer(middleware::from_fn(record_metrics))
         .layer(cors())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ));
+    // Probes bypass the per-IP limit and token resolution: a load balancer checks often.
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready).with_state(store.clone()))
+        .merge(app);
     Ok(Server {
         app,
         store,
@@ -272,6 +276,7 @@ async fn request_context(
     mut req: Request,
     next: Next,
     body_limit: usize,
+    x_forwarded: bool,
     per_ip: Arc<RateLimiter>,
 ) -> Response {
     let request_id = req
@@ -287,10 +292,19 @@ async fn request_context(
                 .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
                 .collect()
         });
-    let ip = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    // Behind a reverse proxy every peer is the proxy: take the client from the header the
+    // proxy sets (its right-most entry is the one the proxy itself saw).
+    let forwarded = x_forwarded
+        .then(|| req.headers().get("x-forwarded-for"))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
+    let ip = forwarded.or(peer);
     if let Some(ip) = ip {
         req.extensions_mut().insert(ClientIp(ip));
         if let Err(e) = per_ip.check(&ip.to_string()) {
