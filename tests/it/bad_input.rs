@@ -238,3 +238,57 @@ async fn per_ip_limits_follow_x_forwarded_for(b: Backend) {
     srv.cleanup().await;
 }
 both!(per_ip_limits_follow_x_forwarded_for);
+
+async fn txn_ids_are_scoped_per_room(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let alice = srv.user("alice").await;
+    let one = alice.create_room(json!({})).await;
+    let two = alice.create_room(json!({})).await;
+    let body = json!({ "msgtype": "m.text", "body": "same txn" });
+    let a = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                enc(&one)
+            ),
+            body.clone(),
+        )
+        .await
+        .ok();
+    let b2 = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                enc(&two)
+            ),
+            body.clone(),
+        )
+        .await
+        .ok();
+    assert_ne!(
+        a["event_id"], b2["event_id"],
+        "one txn id in two rooms names two events"
+    );
+    let again = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                enc(&two)
+            ),
+            body,
+        )
+        .await
+        .ok();
+    assert_eq!(again["event_id"], b2["event_id"]);
+    let ev = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(&two),
+            enc(b2["event_id"].as_str().expect("id"))
+        ))
+        .await
+        .ok();
+    assert_eq!(ev["room_id"], two);
+    srv.cleanup().await;
+}
+both!(txn_ids_are_scoped_per_room);

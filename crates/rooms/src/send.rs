@@ -64,7 +64,7 @@ impl Rooms {
 
         if let Some((device, txn)) = &req.txn
             && let Some(event_id) = store
-                .select_txn_event(req.sender.as_str(), device, txn)
+                .select_txn_event(req.sender.as_str(), device, req.room_id.as_str(), txn)
                 .await
                 .map_err(storage_error)?
             && let Some(row) = store.select_event(&event_id).await.map_err(storage_error)?

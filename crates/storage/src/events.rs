@@ -213,14 +213,16 @@ impl Store {
             .await?;
             if let Some((user, device, txn)) = &ev.txn {
                 sqlx::query(
-                    "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (user_id, device_id, txn_id) DO NOTHING",
+                    "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts, room_id)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (user_id, device_id, room_id, txn_id) DO NOTHING",
                 )
                 .bind(user)
                 .bind(device)
                 .bind(txn)
                 .bind(&ev.event_id)
                 .bind(ev.origin_server_ts)
+                .bind(&ev.room_id)
                 .execute(tx.conn())
                 .await?;
             }
@@ -388,18 +390,21 @@ impl Store {
         Ok(row.map(event_row))
     }
 
-    /// The event id an earlier send with this transaction id produced.
+    /// The event id an earlier send with this transaction id produced in this room.
     pub async fn select_txn_event(
         &self,
         user_id: &str,
         device_id: &str,
+        room_id: &str,
         txn_id: &str,
     ) -> Result<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as(
-            "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
+            "SELECT event_id FROM event_txns
+             WHERE user_id = $1 AND device_id = $2 AND room_id = $3 AND txn_id = $4",
         )
         .bind(user_id)
         .bind(device_id)
+        .bind(room_id)
         .bind(txn_id)
         .fetch_optional(self.reader())
         .await?;

@@ -11,12 +11,20 @@ use crate::{Backend, Error, Result, Store};
 pub type Migration = (i64, &'static str, &'static str, &'static str);
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-    include_str!("../../../migrations/sqlite/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+        include_str!("../../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "txn_ids_per_room",
+        include_str!("../../../migrations/postgres/0002_txn_ids_per_room.sql"),
+        include_str!("../../../migrations/sqlite/0002_txn_ids_per_room.sql"),
+    ),
+];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.
 const PG_MIGRATION_LOCK: i64 = 0x6761_6e67_6c69;
