@@ -10,7 +10,7 @@ use ganglion_rooms::{
     streams::StreamWriters,
 };
 use ganglion_storage::{Store, events::EventRow};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value, json, value::RawValue};
 
 use crate::{filter::SyncFilter, notifier::Notifier};
 
@@ -30,10 +30,38 @@ pub struct SyncRequest<'a> {
     pub filter: &'a SyncFilter,
 }
 
+/// The `rooms` section: each room already serialised, so a large initial sync holds
+/// compact JSON text per room rather than a tree of values for all of them at once.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RoomsBody {
+    /// Joined rooms.
+    pub join: BTreeMap<String, Box<RawValue>>,
+    /// Invites.
+    pub invite: BTreeMap<String, Box<RawValue>>,
+    /// Left rooms.
+    pub leave: BTreeMap<String, Box<RawValue>>,
+    /// Knocks.
+    pub knock: BTreeMap<String, Box<RawValue>>,
+}
+
+/// A response body: the rooms plus the small top-level sections.
+#[derive(Debug, serde::Serialize)]
+pub struct SyncBody {
+    /// Rooms.
+    pub rooms: RoomsBody,
+    /// Everything else (account data, presence, to-device, device lists, `next_batch`).
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+fn raw(v: &impl serde::Serialize) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(v).map_err(|e| Error::internal(e.to_string()))
+}
+
 /// A computed response, and what a long-poll needs to decide whether to wait.
 pub struct SyncOutcome {
     /// The response body (without `next_batch`, added by the caller).
-    pub body: Map<String, Value>,
+    pub body: SyncBody,
     /// Whether anything is in it.
     pub is_empty: bool,
     /// The rooms the user is joined to (what wake-ups to listen for).
@@ -233,10 +261,7 @@ impl SyncService {
         let typing = self.notifier.typing(&joined_list).await;
         let since_typing = since.map_or(-1, |s| s.get(StreamKind::Typing).0);
 
-        let mut join = Map::new();
-        let mut invite = Map::new();
-        let mut leave = Map::new();
-        let mut knock = Map::new();
+        let mut rooms_body = RoomsBody::default();
         let viewer = Viewer {
             user_id: req.user_id,
             device_id: req.device_id,
@@ -278,13 +303,13 @@ impl SyncService {
                         "account_data".into(),
                         json!({ "events": room_account.remove(room_id).unwrap_or_default() }),
                     );
-                    join.insert(room_id.clone(), Value::Object(room));
+                    rooms_body.join.insert(room_id.clone(), raw(&room)?);
                 }
                 "invite" if since.is_none() || changed_since => {
-                    invite.insert(room_id.clone(), json!({ "invite_state": { "events": self.stripped_state(room_id, &m.event).await? } }));
+                    rooms_body.invite.insert(room_id.clone(), raw(&json!({ "invite_state": { "events": self.stripped_state(room_id, &m.event).await? } }))?);
                 }
                 "knock" if since.is_none() || changed_since => {
-                    knock.insert(room_id.clone(), json!({ "knock_state": { "events": self.stripped_state(room_id, &m.event).await? } }));
+                    rooms_body.knock.insert(room_id.clone(), raw(&json!({ "knock_state": { "events": self.stripped_state(room_id, &m.event).await? } }))?);
                 }
                 "leave" | "ban" => {
                     let include = if since.is_none() {
@@ -295,7 +320,7 @@ impl SyncService {
                     // A user who rejected an invite or was never joined still sees the leave.
                     if include && !forgotten.contains(room_id) {
                         let room = self.left_room(req, room_id, m, since_ev).await?;
-                        leave.insert(room_id.clone(), Value::Object(room));
+                        rooms_body.leave.insert(room_id.clone(), raw(&room)?);
                     }
                 }
                 _ => {}
@@ -331,17 +356,13 @@ impl SyncService {
             })
             .collect();
 
-        let is_empty = join.is_empty()
-            && invite.is_empty()
-            && leave.is_empty()
-            && knock.is_empty()
+        let is_empty = rooms_body.join.is_empty()
+            && rooms_body.invite.is_empty()
+            && rooms_body.leave.is_empty()
+            && rooms_body.knock.is_empty()
             && global_account.is_empty()
             && to_device_events.is_empty();
         let mut body = Map::new();
-        body.insert(
-            "rooms".into(),
-            json!({ "join": join, "invite": invite, "leave": leave, "knock": knock }),
-        );
         body.insert("account_data".into(), json!({ "events": global_account }));
         body.insert("presence".into(), json!({ "events": [] }));
         body.insert("to_device".into(), json!({ "events": to_device_events }));
@@ -349,7 +370,10 @@ impl SyncService {
         body.insert("device_one_time_keys_count".into(), json!({}));
         let _ = viewer;
         Ok(SyncOutcome {
-            body,
+            body: SyncBody {
+                rooms: rooms_body,
+                rest: body,
+            },
             is_empty,
             joined,
             to_device_upto,

@@ -62,7 +62,7 @@ async fn load_filter(
 pub async fn sync_events(
     State(sync): State<SyncService>,
     req: Authed<sync_events::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<compute::SyncBody>> {
     let b = &req.body;
     let user_id = req.user().as_str();
     let device_id = req.device().as_str();
@@ -119,8 +119,9 @@ pub async fn sync_events(
                 }
             }
             let mut body = outcome.body;
-            body.insert("next_batch".into(), Value::String(next.to_string()));
-            return Ok(Json(Value::Object(body)));
+            body.rest
+                .insert("next_batch".into(), Value::String(next.to_string()));
+            return Ok(Json(body));
         }
         // Wait for something that concerns this user, or the deadline.
         loop {
