@@ -88,10 +88,7 @@ impl Rooms {
                 pos: ganglion_core::StreamPos(row.stream_ordering),
             });
         }
-        let mut content = json!({ "membership": "join" });
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
+        let mut content = membership_content("join", reason);
         if let Some(via) = self.restricted_join_authoriser(room_id, user).await? {
             content["join_authorised_via_users_server"] = json!(via);
         }
@@ -207,12 +204,9 @@ impl Rooms {
         {
             return Err(Error::not_found("unknown user"));
         }
-        let mut content = json!({ "membership": "invite" });
+        let mut content = membership_content("invite", reason);
         if is_direct {
             content["is_direct"] = json!(true);
-        }
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
         }
         self.member_event(room_id, sender, target, content, None)
             .await
@@ -235,10 +229,7 @@ impl Rooms {
             Some((m, _)) if m == "join" || m == "invite" || m == "knock" => {}
             _ => return Err(Error::forbidden("you are not in this room")),
         }
-        let mut content = json!({ "membership": "leave" });
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
+        let content = membership_content("leave", reason);
         self.member_event(room_id, user, user, content, None).await
     }
 
@@ -262,10 +253,7 @@ impl Rooms {
             ("leave", _) => return Err(Error::forbidden("the user is not in the room")),
             _ => return Err(Error::bad_json("unsupported membership change")),
         }
-        let mut content = json!({ "membership": membership });
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
+        let content = membership_content(membership, reason);
         self.member_event(room_id, sender, target, content, None)
             .await
     }
@@ -287,10 +275,7 @@ impl Rooms {
         {
             return Err(Error::not_found("no known servers to knock through"));
         }
-        let mut content = json!({ "membership": "knock" });
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
+        let content = membership_content("knock", reason);
         self.member_event(room_id, user, user, content, None).await
     }
 
@@ -387,4 +372,13 @@ impl Rooms {
             .map_err(storage_error)?;
         Ok(rooms.into_iter().map(|(r, _, _, _)| r).collect())
     }
+}
+
+/// A member event's content: the membership and the optional reason.
+fn membership_content(membership: &str, reason: Option<&str>) -> Value {
+    let mut content = json!({ "membership": membership });
+    if let Some(r) = reason {
+        content["reason"] = json!(r);
+    }
+    content
 }

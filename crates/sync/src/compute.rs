@@ -393,16 +393,7 @@ impl SyncService {
         let limit = f.timeline_limit;
         let join_pos = m.event.stream_ordering;
         let from = if newly { 0 } else { since_ev };
-        // Newest first, one more than the limit to learn whether the timeline is limited.
-        let fetch = i64::try_from(limit + 1).unwrap_or(11);
-        let mut rows = self
-            .store
-            .select_room_events(room_id, from, now_ev, true, fetch)
-            .await
-            .map_err(storage_error)?;
-        let limited = rows.len() > limit;
-        rows.truncate(limit);
-        rows.reverse();
+        let (rows, limited) = self.recent_events(room_id, from, now_ev, limit).await?;
         // Events from before the user joined pass history visibility; later ones are theirs.
         let (before, after): (Vec<EventRow>, Vec<EventRow>) =
             rows.into_iter().partition(|r| r.stream_ordering < join_pos);
@@ -488,15 +479,7 @@ impl SyncService {
     ) -> Result<Map<String, Value>> {
         let upto = m.event.stream_ordering;
         let limit = req.filter.timeline_limit;
-        let fetch = i64::try_from(limit + 1).unwrap_or(11);
-        let mut rows = self
-            .store
-            .select_room_events(room_id, since_ev, upto, true, fetch)
-            .await
-            .map_err(storage_error)?;
-        let limited = rows.len() > limit;
-        rows.truncate(limit);
-        rows.reverse();
+        let (rows, limited) = self.recent_events(room_id, since_ev, upto, limit).await?;
         let timeline = self.rooms.filter_visible(req.user_id, rows).await?;
         let start_pos = timeline.first().map_or(upto, |r| r.stream_ordering - 1);
         let state = if limited || since_ev == 0 {
@@ -529,6 +512,28 @@ impl SyncService {
         );
         room.insert("account_data".into(), json!({ "events": [] }));
         Ok(room)
+    }
+
+    /// The newest `limit` events of a room in `(after, upto]`, oldest first, and whether
+    /// there were more (a limited timeline).
+    async fn recent_events(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<(Vec<EventRow>, bool)> {
+        // Newest first, one more than the limit to learn whether the timeline is limited.
+        let fetch = i64::try_from(limit + 1).unwrap_or(11);
+        let mut rows = self
+            .store
+            .select_room_events(room_id, after, upto, true, fetch)
+            .await
+            .map_err(storage_error)?;
+        let limited = rows.len() > limit;
+        rows.truncate(limit);
+        rows.reverse();
+        Ok((rows, limited))
     }
 
     async fn summary(&self, room_id: &str, user_id: &str) -> Result<Value> {
