@@ -38,6 +38,24 @@ pub fn binary() -> PathBuf {
     dir.join("ganglion")
 }
 
+/// Another binary of the workspace (`ganglion-sync`, …), next to `ganglion`.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    binary().with_file_name(name)
+}
+
+/// A worker process started next to a [`TestServer`], killed when dropped.
+pub struct Worker {
+    pub base: String,
+    child: Child,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// PostgreSQL admin URL for creating test databases.
 pub fn pg_url() -> String {
     std::env::var("GANGLION_TEST_PG")
@@ -137,6 +155,46 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary().display()));
         self.child = Some(child);
         self.wait_healthy(Duration::from_secs(60)).await;
+    }
+
+    /// Starts a worker binary (`ganglion-sync`) on the same configuration and a port of its
+    /// own, and waits until it answers.
+    pub async fn worker(&self, bin: &str, instance: &str) -> Worker {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{instance}.log")))
+            .expect("log file");
+        let child = Command::new(sibling_binary(bin))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("GANGLION_LISTENERS__CLIENT", format!("127.0.0.1:{port}"))
+            .env("GANGLION_INSTANCE", instance)
+            .stdout(Stdio::from(log.try_clone().expect("dup log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let worker = Worker {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{}/health", worker.base)).send().await
+                && r.status().is_success()
+            {
+                return worker;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join(format!("{instance}.log")))
+                    .unwrap_or_default();
+                panic!("{bin} did not become healthy:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until `/health` answers, or panics with the log.

@@ -11,6 +11,7 @@ mod discovery;
 mod features;
 mod operations;
 mod rooms;
+mod split;
 mod sync;
 
 /// Declares a test twice: `<name>::sqlite` and `<name>::postgres`.

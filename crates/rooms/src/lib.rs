@@ -51,7 +51,10 @@ pub struct Rooms {
 #[derive(Debug)]
 struct Inner {
     store: Store,
-    persister: Persister,
+    /// Main's persister; `None` in worker processes, which never write events.
+    persister: Option<Persister>,
+    /// The last events-stream position this process can read up to.
+    position: tokio::sync::watch::Receiver<ganglion_core::StreamPos>,
     key: Arc<ServerKey>,
     server_name: OwnedServerName,
     default_version: RoomVersionId,
@@ -72,10 +75,36 @@ impl Rooms {
         server_name: OwnedServerName,
         default_version: RoomVersionId,
     ) -> Rooms {
+        let position = persister.position_watch();
         Rooms {
             inner: Arc::new(Inner {
                 store,
-                persister,
+                persister: Some(persister),
+                position,
+                key,
+                server_name,
+                default_version,
+                locks: Default::default(),
+                heads: Default::default(),
+                pdu_cache: Default::default(),
+            }),
+        }
+    }
+
+    /// The read side only, for worker processes: history reads and formatting, no sends.
+    /// `position` is how far this process has followed the events stream.
+    pub fn reader(
+        store: Store,
+        position: tokio::sync::watch::Receiver<ganglion_core::StreamPos>,
+        key: Arc<ServerKey>,
+        server_name: OwnedServerName,
+        default_version: RoomVersionId,
+    ) -> Rooms {
+        Rooms {
+            inner: Arc::new(Inner {
+                store,
+                persister: None,
+                position,
                 key,
                 server_name,
                 default_version,
@@ -98,7 +127,7 @@ impl Rooms {
 
     /// The last committed events-stream position.
     pub fn events_position(&self) -> ganglion_core::StreamPos {
-        self.inner.persister.position()
+        *self.inner.position.borrow()
     }
 
     /// Serialises writers of one room: building an event needs the state the previous

@@ -78,6 +78,11 @@ impl Persister {
             .map_err(|_| Error::internal("persister dropped the event"))?
     }
 
+    /// A watch of the last committed position of the events stream.
+    pub fn position_watch(&self) -> watch::Receiver<StreamPos> {
+        self.position.clone()
+    }
+
     /// The last committed position of the events stream.
     pub fn position(&self) -> StreamPos {
         *self.position.borrow()

@@ -59,6 +59,12 @@ impl Rooms {
         req: SendRequest,
         creating: Option<Creating>,
     ) -> Result<SendOutcome> {
+        if self.inner.persister.is_none() {
+            return Err(Error::new(
+                ganglion_core::ErrorKind::Unavailable,
+                "this process does not write events; writes go to main",
+            ));
+        }
         let store = &self.inner.store;
         let _guard = self.lock_room(req.room_id.as_str()).await;
 
@@ -239,7 +245,13 @@ impl Rooms {
                 creator: req.sender.to_string(),
             }),
         };
-        let persisted = match self.inner.persister.persist(new_event).await {
+        let Some(persister) = &self.inner.persister else {
+            return Err(Error::new(
+                ganglion_core::ErrorKind::Unavailable,
+                "this process does not write events; writes go to main",
+            ));
+        };
+        let persisted = match persister.persist(new_event).await {
             Ok(p) => p,
             Err(e) => {
                 self.drop_head(req.room_id.as_str());

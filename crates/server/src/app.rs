@@ -164,13 +164,40 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
 
     spawn_maintenance(&tasks, typing, writers, store.clone());
 
-    let per_ip = Arc::new(RateLimiter::new(limit(config.rate_limits.per_ip)));
-    let body_limit = config.server.max_request_bytes;
-    let x_forwarded = config.listeners.x_forwarded;
-    let app = Router::new()
+    let routes = Router::new()
         .merge(ganglion_client_api::router(client))
         .merge(ganglion_sync::router(sync))
-        .merge(ganglion_account_api::router(accounts.clone()))
+        .merge(ganglion_account_api::router(accounts.clone()));
+    let app = with_layers(routes, &config, accounts, store.clone());
+    Ok(Server {
+        app,
+        store,
+        tasks,
+        persister_task,
+        config,
+        accounts: accounts_for_cli,
+        bus: bus_handle,
+    })
+}
+
+/// The layers every client-facing process puts around its routes: JSON 404/405, access
+/// tokens, request ids, client IPs and the per-IP limit, metrics, CORS, caught panics;
+/// and the probes, which bypass all of it (a load balancer checks often).
+pub(crate) fn with_layers(
+    routes: Router,
+    config: &Config,
+    accounts: Accounts,
+    store: Store,
+) -> Router {
+    let limit = if config.rate_limits.enabled {
+        Some(config.rate_limits.per_ip)
+    } else {
+        None
+    };
+    let per_ip = Arc::new(RateLimiter::new(limit));
+    let body_limit = config.server.max_request_bytes;
+    let x_forwarded = config.listeners.x_forwarded;
+    let app = routes
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -185,20 +212,10 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ));
-    // Probes bypass the per-IP limit and token resolution: a load balancer checks often.
-    let app = Router::new()
+    Router::new()
         .route("/health", get(health))
-        .route("/ready", get(ready).with_state(store.clone()))
-        .merge(app);
-    Ok(Server {
-        app,
-        store,
-        tasks,
-        persister_task,
-        config,
-        accounts: accounts_for_cli,
-        bus: bus_handle,
-    })
+        .route("/ready", get(ready).with_state(store))
+        .merge(app)
 }
 
 fn spawn_maintenance(

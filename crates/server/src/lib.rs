@@ -6,6 +6,8 @@
 
 pub mod app;
 pub mod config;
+pub mod run;
 pub mod telemetry;
+pub mod worker;
 
 pub use app::{Server, build_all, serve};

@@ -70,6 +70,11 @@ impl Notifier {
         *self.current.borrow()
     }
 
+    /// A watch of the current token (for services that follow one stream's position).
+    pub fn current_watch(&self) -> watch::Receiver<SyncToken> {
+        self.current.clone()
+    }
+
     /// Subscribes to wake-ups.
     pub fn subscribe(&self) -> broadcast::Receiver<Wake> {
         self.wakes.subscribe()

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use ganglion_server::{build_all, config, serve, telemetry};
+use ganglion_server::{build_all, config, run};
 
 #[derive(Parser)]
 #[command(name = "ganglion", version, about = "A Matrix homeserver")]
@@ -68,20 +68,8 @@ fn config_path(given: Option<PathBuf>) -> Result<PathBuf, config::ConfigError> {
     Ok(p)
 }
 
-/// glibc raises its mmap threshold to the largest block freed so far, so after the first
-/// 19 MiB argon2 buffer every later one comes from the heap and is never given back: RSS
-/// grew by 19 MiB per password hash until it plateaued near 1.5 GB under load. A fixed
-/// 1 MiB threshold keeps large buffers in mmap, returned to the system on free.
-fn tame_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator tuning; it is called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-    }
-}
-
 fn main() -> ExitCode {
-    tame_malloc();
+    run::tame_malloc();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,40 +102,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Serve { config: path } => {
             let path = config_path(path)?;
-            let cfg = config::load(Some(&path))?;
-            telemetry::init_logging(&cfg.logging);
-            let metrics_handle = telemetry::init_metrics();
-            let client_addr = cfg.listeners.client;
-            let metrics_addr = cfg.listeners.metrics;
-            tracing::info!(
-                version = env!("CARGO_PKG_VERSION"),
-                server_name = %cfg.server.server_name,
-                config = %path.display(),
-                "Ganglion starting"
-            );
-            let database = redact_url(&cfg.database_url());
-            let server = build_all(cfg).await?;
-            let listener = tokio::net::TcpListener::bind(client_addr)
-                .await
-                .map_err(|e| format!("cannot listen on {client_addr}: {e}"))?;
-            let metrics = match (metrics_addr, metrics_handle) {
-                (Some(addr), Some(handle)) => {
-                    let l = tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-                    tracing::info!(%addr, "metrics listening");
-                    Some((l, handle))
-                }
-                _ => None,
-            };
-            tracing::info!(
-                url = %format!("http://{client_addr}/"),
-                server_name = %server.config.server.server_name,
-                database = %database,
-                "Ganglion listening"
-            );
-            serve(server, listener, metrics, shutdown_signal()).await?;
-            Ok(())
+            run::serve_role(run::Role::All, &path).await
         }
         Command::RegisterUser {
             config: path,
@@ -186,40 +141,4 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
     }
-}
-
-/// Hides a password in a database URL for logs.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -1,0 +1,109 @@
+//! Worker processes of the split shape (ARCHITECTURE §2). A sync worker follows the
+//! replication streams over Redis, reads the shared PostgreSQL, and serves `/sync`; it
+//! never writes events (its `Rooms` is read-only) and owns no stream writer.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use ganglion_account_api::Accounts;
+use ganglion_core::{StreamKind, StreamPos, config::Config};
+use ganglion_http::RateLimiter;
+use ganglion_rooms::{Rooms, ServerKey};
+use ganglion_storage::Store;
+use ganglion_sync::{Notifier, SyncService};
+use ruma::{OwnedServerName, RoomVersionId};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Server, StartError, with_layers};
+
+/// Builds a sync worker: `/sync` over the Redis bus and the shared database.
+pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server, StartError> {
+    let config = Arc::new(config);
+    let Some(redis_url) = config.bus.redis_url.clone() else {
+        return Err(StartError::Config(
+            "bus.redis_url: a worker needs the Redis bus".into(),
+        ));
+    };
+    if !config.database_url().starts_with("postgres") {
+        return Err(StartError::Config(
+            "database.url: workers share PostgreSQL with main".into(),
+        ));
+    }
+    std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
+        StartError::Config(format!(
+            "cannot create data_dir {}: {e}",
+            config.server.data_dir
+        ))
+    })?;
+    let store = Store::connect(
+        &config.database_url(),
+        config.database.max_connections,
+        Duration::from_secs(config.database.acquire_timeout_secs),
+    )
+    .await?;
+    // Migrations are idempotent and serialised by an advisory lock, so a worker that starts
+    // before main waits for the schema instead of failing.
+    store.migrate().await?;
+    let server_name = OwnedServerName::try_from(config.server.server_name.as_str())
+        .map_err(|e| StartError::Config(format!("server.server_name: {e}")))?;
+    let default_version = RoomVersionId::try_from(config.server.default_room_version.as_str())
+        .map_err(|e| StartError::Config(format!("server.default_room_version: {e}")))?;
+    // Workers read the signing key only to format nothing they sign; they share main's key.
+    let key = Arc::new(ServerKey::load_or_generate(&config.signing_key_path())?);
+
+    let tasks = CancellationToken::new();
+    let bus = ganglion_bus_redis::connect(&redis_url, instance, &config.bus.key_prefix)
+        .await
+        .map_err(|e| StartError::Config(format!("bus.redis_url: {e}")))?;
+    let notifier = Notifier::start(store.clone(), &bus, tasks.clone()).await?;
+    let (position_tx, position) = watch::channel(notifier.current().get(StreamKind::Events));
+    let mut current = notifier.current_watch();
+    let stop = tasks.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = current.changed() => if changed.is_err() { break },
+                () = stop.cancelled() => break,
+            }
+            let events: StreamPos = current.borrow().get(StreamKind::Events);
+            position_tx.send_replace(events);
+        }
+    });
+    let rooms = Rooms::reader(
+        store.clone(),
+        position,
+        key,
+        server_name.clone(),
+        default_version,
+    );
+    let limit = |l| {
+        if config.rate_limits.enabled {
+            Some(l)
+        } else {
+            None
+        }
+    };
+    let accounts = Accounts::new(
+        store.clone(),
+        rooms.clone(),
+        server_name,
+        config.registration.clone(),
+        config.auth.clone(),
+        RateLimiter::new(limit(config.rate_limits.registration)),
+        RateLimiter::new(limit(config.rate_limits.login)),
+    );
+    let sync = SyncService::new(store.clone(), rooms, notifier, None);
+    let routes = Router::new().merge(ganglion_sync::router(sync));
+    let app = with_layers(routes, &config, accounts.clone(), store.clone());
+    tracing::info!(instance, "sync worker built");
+    Ok(Server {
+        app,
+        store,
+        tasks,
+        persister_task: tokio::spawn(async {}),
+        config,
+        accounts,
+        bus,
+    })
+}
