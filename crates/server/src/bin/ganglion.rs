@@ -45,6 +45,18 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Prints the nginx configuration generated from the route table.
+    GenerateProxy {
+        /// Where nginx listens (`host:port`).
+        #[arg(long)]
+        listen: String,
+        /// main's client listener (`host:port`).
+        #[arg(long)]
+        main: String,
+        /// Sync workers' client listeners (`host:port`), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        sync: Vec<String>,
+    },
     /// Applies database migrations and exits.
     Migrate {
         /// The configuration file.
@@ -124,6 +136,14 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             server.tasks.cancel();
             let _ = server.persister_task.await;
             server.store.close().await;
+            Ok(())
+        }
+        Command::GenerateProxy { listen, main, sync } => {
+            let conf = ganglion_server::routes::nginx_config(
+                &listen,
+                &ganglion_server::routes::Upstreams { main, sync },
+            );
+            std::io::Write::write_all(&mut std::io::stdout(), conf.as_bytes())?;
             Ok(())
         }
         Command::Migrate { config: path } => {
