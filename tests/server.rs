@@ -14,6 +14,9 @@ pub enum Backend {
     Sqlite,
     /// A fresh PostgreSQL database, dropped afterwards.
     Postgres,
+    /// The split shape: `ganglion-main` and two `ganglion-sync` workers behind nginx, over
+    /// a fresh PostgreSQL database and Redis. `base` is nginx; restarts restart main.
+    Split,
 }
 
 /// A running server and everything it owns.
@@ -24,7 +27,11 @@ pub struct TestServer {
     pub backend: Backend,
     pub db_name: Option<String>,
     pub config_path: PathBuf,
+    /// Where main itself listens (differs from `base` behind nginx).
+    pub main_base: String,
     child: Option<Child>,
+    /// Workers and nginx of the split shape.
+    extras: Vec<Worker>,
 }
 
 /// The `ganglion` binary: $GANGLION_BIN, or next to the test executable's directory.
@@ -102,9 +109,14 @@ impl TestServer {
         let dir = std::env::temp_dir().join(unique("ganglion-it"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let port = free_port();
+        let main_port = if backend == Backend::Split {
+            free_port()
+        } else {
+            port
+        };
         let (db_url, db_name) = match backend {
             Backend::Sqlite => (format!("sqlite://{}/ganglion.db", dir.display()), None),
-            Backend::Postgres => {
+            Backend::Postgres | Backend::Split => {
                 let name = unique("ganglion_it");
                 pg_admin(&format!("CREATE DATABASE {name}")).await;
                 (format!("{}/{name}", pg_url()), Some(name))
@@ -112,9 +124,22 @@ impl TestServer {
         };
         let has = |section: &str| extra.contains(&format!("[{section}]"));
         let mut config = format!(
-            "[server]\nserver_name = \"localhost:{port}\"\ndata_dir = \"{}\"\n\n[listeners]\nclient = \"127.0.0.1:{port}\"\n\n[database]\nurl = \"{db_url}\"\n\n",
-            dir.display()
+            "[server]\nserver_name = \"localhost:{port}\"\ndata_dir = \"{}\"\n\n[listeners]\nclient = \"127.0.0.1:{main_port}\"\n{}\n[database]\nurl = \"{db_url}\"\n\n",
+            dir.display(),
+            if backend == Backend::Split {
+                "x_forwarded = true\n"
+            } else {
+                ""
+            },
         );
+        if backend == Backend::Split {
+            let redis = std::env::var("GANGLION_TEST_REDIS")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            config.push_str(&format!(
+                "[bus]\nredis_url = \"{redis}\"\nkey_prefix = \"{}\"\n\n",
+                unique("it-split")
+            ));
+        }
         if !has("registration") {
             config.push_str("[registration]\nenabled = true\nshared_secret = \"test-secret\"\n\n");
         }
@@ -131,10 +156,73 @@ impl TestServer {
             backend,
             db_name,
             config_path,
+            main_base: format!("http://127.0.0.1:{main_port}"),
             child: None,
+            extras: Vec::new(),
         };
         srv.spawn().await;
+        if backend == Backend::Split {
+            srv.start_split_front(main_port).await;
+        }
         srv
+    }
+
+    /// Two sync workers and nginx in front of main (the split shape).
+    async fn start_split_front(&mut self, main_port: u16) {
+        let w1 = self.worker("ganglion-sync", "sync-1").await;
+        let w2 = self.worker("ganglion-sync", "sync-2").await;
+        let strip = |b: &str| b.trim_start_matches("http://").to_owned();
+        let out = Command::new(binary())
+            .args([
+                "generate-proxy",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--main",
+                &format!("127.0.0.1:{main_port}"),
+            ])
+            .arg("--sync")
+            .arg(format!("{},{}", strip(&w1.base), strip(&w2.base)))
+            .output()
+            .expect("generate-proxy");
+        assert!(out.status.success(), "generate-proxy failed");
+        let d = self.dir.display();
+        std::fs::write(self.dir.join("proxy.conf"), &out.stdout).expect("proxy conf");
+        std::fs::create_dir_all(self.dir.join("tmp")).expect("tmp");
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/tmp/body;\n proxy_temp_path {d}/tmp/proxy;\n fastcgi_temp_path {d}/tmp/fcgi;\n uwsgi_temp_path {d}/tmp/uwsgi;\n scgi_temp_path {d}/tmp/scgi;\n include {d}/proxy.conf;\n}}\n"
+        );
+        std::fs::write(self.dir.join("nginx.conf"), conf).expect("nginx conf");
+        let nginx = if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (install it: tests/run does)");
+        self.extras.push(w1);
+        self.extras.push(w2);
+        self.extras.push(Worker {
+            base: self.base.clone(),
+            child,
+        });
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "nginx did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts (or restarts) the process and waits until it answers.
@@ -144,7 +232,12 @@ impl TestServer {
             .append(true)
             .open(self.dir.join("server.log"))
             .expect("log file");
-        let child = Command::new(binary())
+        let bin = if self.backend == Backend::Split {
+            sibling_binary("ganglion-main")
+        } else {
+            binary()
+        };
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -202,7 +295,7 @@ impl TestServer {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok(r) = http.get(format!("{}/health", self.base)).send().await
+            if let Ok(r) = http.get(format!("{}/health", self.main_base)).send().await
                 && r.status().is_success()
             {
                 return;
@@ -265,6 +358,7 @@ impl TestServer {
     /// Drops the PostgreSQL database and the temporary directory.
     pub async fn cleanup(mut self) {
         self.kill9();
+        self.extras.clear();
         if let Some(name) = self.db_name.take() {
             pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         }

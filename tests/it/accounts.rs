@@ -3,7 +3,7 @@
 use ganglion_tests::{Backend, TestServer};
 use serde_json::json;
 
-use crate::both;
+use crate::{all3, both};
 
 async fn register_login_logout(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -77,7 +77,7 @@ async fn register_login_logout(b: Backend) {
     assert_eq!(r.body["soft_logout"], false);
     srv.cleanup().await;
 }
-both!(register_login_logout);
+all3!(register_login_logout);
 
 async fn closed_registration(b: Backend) {
     let srv = TestServer::start_with(b, "[registration]\nenabled = false\n").await;

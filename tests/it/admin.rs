@@ -6,7 +6,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha1::Sha1;
 
-use crate::both;
+use crate::{all3, both};
 
 fn mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
     let mut m = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("hmac key");
@@ -81,7 +81,7 @@ async fn shared_secret_registration(b: Backend) {
         .expect_err(403, "M_FORBIDDEN");
     srv.cleanup().await;
 }
-both!(shared_secret_registration);
+all3!(shared_secret_registration);
 
 async fn registration_requires_token(b: Backend) {
     let srv = TestServer::start_with(
@@ -234,4 +234,4 @@ async fn tokens_passwords_devices(b: Backend) {
     );
     srv.cleanup().await;
 }
-both!(tokens_passwords_devices);
+all3!(tokens_passwords_devices);

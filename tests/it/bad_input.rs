@@ -4,7 +4,7 @@ use ganglion_tests::{Backend, TestServer, client::enc};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::both;
+use crate::{all3, both};
 
 async fn bad_input_gets_spec_errors(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -170,7 +170,7 @@ async fn bad_input_gets_spec_errors(b: Backend) {
     );
     srv.cleanup().await;
 }
-both!(bad_input_gets_spec_errors);
+all3!(bad_input_gets_spec_errors);
 
 async fn rate_limits_answer_429(b: Backend) {
     let srv = TestServer::start_with(
@@ -291,4 +291,4 @@ async fn txn_ids_are_scoped_per_room(b: Backend) {
     assert_eq!(ev["room_id"], two);
     srv.cleanup().await;
 }
-both!(txn_ids_are_scoped_per_room);
+all3!(txn_ids_are_scoped_per_room);

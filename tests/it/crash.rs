@@ -5,7 +5,7 @@ use std::{collections::HashSet, time::Duration};
 use ganglion_tests::{Backend, TestServer, client::enc};
 use serde_json::json;
 
-use crate::both;
+use crate::all3;
 
 async fn kill9_loses_nothing_acknowledged(b: Backend) {
     let mut srv = TestServer::start(b).await;
@@ -110,4 +110,4 @@ async fn kill9_loses_nothing_acknowledged(b: Backend) {
     }
     srv.cleanup().await;
 }
-both!(kill9_loses_nothing_acknowledged);
+all3!(kill9_loses_nothing_acknowledged);

@@ -3,7 +3,7 @@
 use ganglion_tests::{Backend, TestServer};
 use reqwest::Method;
 
-use crate::both;
+use crate::all3;
 
 async fn versions_and_errors(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -58,4 +58,4 @@ async fn versions_and_errors(b: Backend) {
     assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "11");
     srv.cleanup().await;
 }
-both!(versions_and_errors);
+all3!(versions_and_errors);

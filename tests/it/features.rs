@@ -5,7 +5,7 @@
 use ganglion_tests::{Backend, TestServer, client::enc};
 use serde_json::{Value, json};
 
-use crate::both;
+use crate::all3;
 
 fn events<'a>(v: &'a Value, path: &[&str]) -> Vec<&'a Value> {
     let mut cur = v;
@@ -170,7 +170,7 @@ async fn profile_account_data_filters(b: Backend) {
     assert!(!events(&page, &["state"]).is_empty());
     srv.cleanup().await;
 }
-both!(profile_account_data_filters);
+all3!(profile_account_data_filters);
 
 async fn receipts_markers_and_lookup(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -258,7 +258,7 @@ async fn receipts_markers_and_lookup(b: Backend) {
     fwd.expect_err(404, "M_NOT_FOUND");
     srv.cleanup().await;
 }
-both!(receipts_markers_and_lookup);
+all3!(receipts_markers_and_lookup);
 
 async fn knock_forget_aliases_visibility(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -377,7 +377,7 @@ async fn knock_forget_aliases_visibility(b: Backend) {
     );
     srv.cleanup().await;
 }
-both!(knock_forget_aliases_visibility);
+all3!(knock_forget_aliases_visibility);
 
 async fn sync_details(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -434,4 +434,4 @@ async fn sync_details(b: Backend) {
     );
     srv.cleanup().await;
 }
-both!(sync_details);
+all3!(sync_details);

@@ -30,3 +30,25 @@ macro_rules! both {
         }
     };
 }
+
+/// Declares a test three times: on SQLite, on PostgreSQL, and against the split shape
+/// (`ganglion-main` + two `ganglion-sync` behind nginx, PostgreSQL and Redis).
+#[macro_export]
+macro_rules! all3 {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(ganglion_tests::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(ganglion_tests::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn split() {
+                super::$name(ganglion_tests::Backend::Split).await
+            }
+        }
+    };
+}

@@ -3,7 +3,7 @@
 use ganglion_tests::{Backend, TestServer, client::enc};
 use serde_json::{Value, json};
 
-use crate::both;
+use crate::all3;
 
 async fn room_lifecycle(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -155,7 +155,7 @@ async fn room_lifecycle(b: Backend) {
     assert_eq!(leavers.len(), 1);
     srv.cleanup().await;
 }
-both!(room_lifecycle);
+all3!(room_lifecycle);
 
 trait ForbiddenSend {
     async fn send_text_expect_forbidden(&self, room: &str);
@@ -231,7 +231,7 @@ async fn room_versions_and_directory(b: Backend) {
     assert_eq!(none["chunk"].as_array().expect("chunk").len(), 0);
     srv.cleanup().await;
 }
-both!(room_versions_and_directory);
+all3!(room_versions_and_directory);
 
 async fn room_upgrade(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -305,4 +305,4 @@ async fn room_upgrade(b: Backend) {
     bob.send_text(&new, "moved").await;
     srv.cleanup().await;
 }
-both!(room_upgrade);
+all3!(room_upgrade);

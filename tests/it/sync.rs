@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use ganglion_tests::{Backend, TestServer, client::enc};
 use serde_json::{Value, json};
 
-use crate::both;
+use crate::{all3, both};
 
 fn timeline(sync: &Value, room: &str) -> Vec<Value> {
     sync["rooms"]["join"][room]["timeline"]["events"]
@@ -19,7 +19,7 @@ async fn incremental_and_long_poll(b: Backend) {
     long_poll_scenario(&srv).await;
     srv.cleanup().await;
 }
-both!(incremental_and_long_poll);
+all3!(incremental_and_long_poll);
 
 /// The same scenario with the replication bus on a real Redis (Redis Streams).
 async fn over_the_redis_bus(b: Backend) {
@@ -182,4 +182,4 @@ async fn leave_and_rejoin(b: Backend) {
     );
     srv.cleanup().await;
 }
-both!(leave_and_rejoin);
+all3!(leave_and_rejoin);

@@ -105,20 +105,41 @@ impl SyncService {
     /// The token a response is computed up to: the notifier's view, raised to what this
     /// process's own writers have committed (database-backed streams only; typing stays
     /// at what the notifier's cache has applied).
-    pub fn now(&self) -> SyncToken {
+    pub async fn now(&self) -> Result<SyncToken> {
         let mut now = self.notifier.current();
-        if let Some(w) = &self.local_writers {
-            for (kind, pos) in w.committed() {
-                if pos > now.get(kind) {
-                    now.set(kind, pos);
+        let mut raise = |kind: StreamKind, pos: ganglion_core::StreamPos| {
+            if pos > now.get(kind) {
+                now.set(kind, pos);
+            }
+        };
+        match &self.local_writers {
+            Some(w) => {
+                for (kind, pos) in w.committed() {
+                    raise(kind, pos);
+                }
+                raise(StreamKind::Events, self.rooms.events_position());
+            }
+            // A worker: a write answered by main may not have come round the bus yet. The
+            // record has it (writers publish after commit, and each stream's positions
+            // commit in order), so read the committed positions: four index-only queries
+            // buy read-your-writes across processes.
+            None => {
+                for kind in [
+                    StreamKind::Events,
+                    StreamKind::Receipts,
+                    StreamKind::AccountData,
+                    StreamKind::ToDevice,
+                ] {
+                    let pos = self
+                        .store
+                        .select_stream_max(kind)
+                        .await
+                        .map_err(storage_error)?;
+                    raise(kind, ganglion_core::StreamPos(pos));
                 }
             }
-            let events = self.rooms.events_position();
-            if events > now.get(StreamKind::Events) {
-                now.set(StreamKind::Events, events);
-            }
         }
-        now
+        Ok(now)
     }
 
     /// The notifier.

@@ -88,7 +88,7 @@ pub async fn sync_events(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut wakes = notifier.subscribe();
     loop {
-        let now = sync.now();
+        let now = sync.now().await?;
         // Never hand out a token below the client's: clamp each stream to what we know.
         let since_clamped = since.map(|s| s.min(&now));
         let outcome = sync
