@@ -28,6 +28,43 @@ pub enum Role {
     Sync,
 }
 
+/// The whole `main` of a worker binary (`ganglion-main`, `ganglion-sync`): parses
+/// `serve --config PATH`, runs the role, maps the outcome to an exit code.
+pub fn worker_main(role: Role, name: &str) -> std::process::ExitCode {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    enum Cli {
+        /// Runs the process.
+        Serve {
+            /// The configuration file (shared by every process; override per process with
+            /// GANGLION_<SECTION>__<KEY>, e.g. GANGLION_LISTENERS__CLIENT).
+            #[arg(long)]
+            config: std::path::PathBuf,
+        },
+    }
+
+    tame_malloc();
+    let Cli::Serve { config } = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve_role(role, &config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Loads the configuration at `path`, builds the role's services and serves until SIGTERM
 /// or Ctrl-C.
 pub async fn serve_role(role: Role, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
