@@ -253,7 +253,34 @@ impl TestServer {
     /// Starts a worker binary (`ganglion-sync`) on the same configuration and a port of its
     /// own, and waits until it answers.
     pub async fn worker(&self, bin: &str, instance: &str) -> Worker {
-        let port = free_port();
+        self.worker_on(bin, instance, free_port()).await
+    }
+
+    /// Kills split-shape worker `idx` (0 or 1) with SIGKILL and starts it again on the same
+    /// port, so nginx finds it where it was.
+    pub async fn restart_sync_worker(&mut self, idx: usize) {
+        let old = self.extras.remove(idx);
+        let port: u16 = old
+            .base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("worker port");
+        drop(old);
+        let w = self
+            .worker_on("ganglion-sync", &format!("sync-{}", idx + 1), port)
+            .await;
+        self.extras.insert(idx, w);
+    }
+
+    /// The Redis key prefix of a split-shape server.
+    pub fn bus_prefix(&self) -> Option<String> {
+        let cfg = std::fs::read_to_string(&self.config_path).ok()?;
+        let line = cfg.lines().find(|l| l.starts_with("key_prefix"))?;
+        Some(line.split('"').nth(1)?.to_owned())
+    }
+
+    async fn worker_on(&self, bin: &str, instance: &str, port: u16) -> Worker {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
