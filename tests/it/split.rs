@@ -105,11 +105,17 @@ async fn faults_during_a_burst_lose_nothing() {
         let room = room.clone();
         tokio::spawn(async move {
             let mut since = start;
+            let filter = ganglion_tests::client::enc(
+                &json!({ "room": { "timeline": { "limit": 1000 } } }).to_string(),
+            );
             let mut seen: Vec<String> = Vec::new();
             let mut worst = Duration::ZERO;
             loop {
                 let t = Instant::now();
-                let path = format!("/_matrix/client/v3/sync?timeout=2000&since={since}");
+                // A timeline limit above the burst: a gap during a fault must not turn into a
+                // limited timeline, which a client would fill from prev_batch instead.
+                let path =
+                    format!("/_matrix/client/v3/sync?timeout=2000&since={since}&filter={filter}");
                 let r = tokio::select! {
                     r = bob.get(&path) => r,
                     _ = stop_rx.changed() => break,
