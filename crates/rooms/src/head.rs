@@ -101,6 +101,17 @@ impl Rooms {
         })
     }
 
+    /// The version and rules of a room whose head is cached.
+    pub(crate) fn cached_version(
+        &self,
+        room_id: &str,
+    ) -> Option<(RoomVersionId, RoomVersionRules)> {
+        let heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
+        heads
+            .get(room_id)
+            .map(|h| (h.version.clone(), h.rules.clone()))
+    }
+
     /// The current state event id of one key, from the head if cached.
     pub(crate) fn head_state_id(
         &self,

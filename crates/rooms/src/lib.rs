@@ -152,6 +152,10 @@ impl Rooms {
 
     /// The version and rules of a known room; `M_NOT_FOUND` otherwise.
     pub async fn room_version(&self, room_id: &str) -> Result<(RoomVersionId, RoomVersionRules)> {
+        // A room's version never changes: main's cached head answers without a query.
+        if let Some(h) = self.cached_version(room_id) {
+            return Ok(h);
+        }
         let room = self
             .inner
             .store

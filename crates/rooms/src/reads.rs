@@ -329,36 +329,25 @@ impl Rooms {
         {
             return Err(Error::not_found("event not found"));
         }
-        let half = limit / 2;
-        let before_n = half;
-        let after_n = limit - half;
-        let from_before = PageToken(StreamPos(event.stream_ordering - 1));
-        let q = MessagesQuery {
-            from: Some(from_before),
-            to: None,
-            backwards: true,
-            limit: before_n.max(1),
-            filter,
+        let before_n = limit / 2;
+        let after_n = limit - before_n;
+        let side = |from: i64, backwards: bool, n: usize| {
+            let q = MessagesQuery {
+                from: Some(PageToken(StreamPos(from))),
+                to: None,
+                backwards,
+                limit: n,
+                filter,
+            };
+            async move {
+                if n == 0 {
+                    return Ok(Vec::new());
+                }
+                Ok::<_, Error>(self.messages(user_id, room_id, &q).await?.chunk)
+            }
         };
-        let before = self.messages(user_id, room_id, &q).await?;
-        let before_rows = if before_n == 0 {
-            Vec::new()
-        } else {
-            before.chunk
-        };
-        let q = MessagesQuery {
-            from: Some(PageToken(StreamPos(event.stream_ordering))),
-            to: None,
-            backwards: false,
-            limit: after_n.max(1),
-            filter,
-        };
-        let after = self.messages(user_id, room_id, &q).await?;
-        let after_rows = if after_n == 0 {
-            Vec::new()
-        } else {
-            after.chunk
-        };
+        let before_rows = side(event.stream_ordering - 1, true, before_n).await?;
+        let after_rows = side(event.stream_ordering, false, after_n).await?;
         let start = PageToken(StreamPos(
             before_rows
                 .last()

@@ -26,6 +26,17 @@ fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// A connection to PostgreSQL's `postgres` database, for CREATE/DROP DATABASE.
+async fn admin() -> Store {
+    Store::connect(
+        &format!("{}/postgres", pg_url()),
+        1,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
 /// A fresh, migrated store; the returned closure-ish guard drops a PostgreSQL database.
 struct Fixture {
     store: Store,
@@ -41,13 +52,7 @@ impl Fixture {
             Backend::Sqlite => (format!("sqlite://{}/t.db", dir.display()), None),
             Backend::Postgres => {
                 let name = unique("ganglion_st");
-                let admin = Store::connect(
-                    &format!("{}/postgres", pg_url()),
-                    1,
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
+                let admin = admin().await;
                 admin
                     .execute_admin(&format!("CREATE DATABASE {name}"))
                     .await
@@ -70,13 +75,7 @@ impl Fixture {
     async fn done(self) {
         self.store.close().await;
         if let Some(name) = self.pg_db {
-            let admin = Store::connect(
-                &format!("{}/postgres", pg_url()),
-                1,
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+            let admin = admin().await;
             admin
                 .execute_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .await
