@@ -29,6 +29,59 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// The replication bus.
     pub bus: BusConfig,
+    /// The processes of the split shape: instance names, the internal listener's secret,
+    /// membership leases.
+    pub cluster: ClusterConfig,
+    /// Per-process sections, `[processes.<instance>]`: the role and listeners of the
+    /// process started with that instance name (`--instance`, or `cluster.instance`).
+    pub processes: std::collections::BTreeMap<String, ProcessConfig>,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This process's instance name: unique among live processes (a Kubernetes pod name
+    /// is a good one). Unset: `<role>-<host name>-<pid>`.
+    pub instance: Option<String>,
+    /// The secret workers present to main's internal listener (`listeners.internal`).
+    /// Required when that listener is on; at least 16 characters.
+    pub internal_secret: Option<String>,
+    /// Where workers reach main's internal listener, e.g. `http://ganglion-main:8090`.
+    /// Set on workers: a request a worker does not serve is forwarded there instead of
+    /// being answered 404.
+    pub main_internal_url: Option<String>,
+    /// How often a process renews its membership lease, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// How long a lease outlives its last renewal, in milliseconds: a process that dies
+    /// without leaving is dropped from its role's membership after this long.
+    pub lease_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            instance: None,
+            internal_secret: None,
+            main_internal_url: None,
+            heartbeat_ms: 1_000,
+            lease_ms: 5_000,
+        }
+    }
+}
+
+/// `[processes.<instance>]`: what differs between the processes that share one file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// `main`, `sync` or `all`; a worker binary refuses a section naming another role.
+    pub role: Option<String>,
+    /// The client API listener of this process.
+    pub client: Option<SocketAddr>,
+    /// Its metrics listener.
+    pub metrics: Option<SocketAddr>,
+    /// Its internal listener (main only).
+    pub internal: Option<SocketAddr>,
 }
 
 /// `[bus]`
@@ -98,6 +151,9 @@ pub struct ListenersConfig {
     /// Whether the client listener sits behind a reverse proxy that sets
     /// `X-Forwarded-For`; the client IP (rate limits, device list) is then taken from it.
     pub x_forwarded: bool,
+    /// main's private listener for calls from workers (authenticated with
+    /// `cluster.internal_secret`; never expose it publicly). Unset: off.
+    pub internal: Option<SocketAddr>,
 }
 
 impl Default for ListenersConfig {
@@ -106,6 +162,7 @@ impl Default for ListenersConfig {
             client: SocketAddr::from(([127, 0, 0, 1], 8008)),
             metrics: None,
             x_forwarded: false,
+            internal: None,
         }
     }
 }
@@ -314,12 +371,79 @@ impl Config {
                 return bad(key, "per_second must be > 0 and burst >= 1");
             }
         }
+        if self.listeners.internal.is_some()
+            && self
+                .cluster
+                .internal_secret
+                .as_ref()
+                .is_none_or(|s| s.len() < 16)
+        {
+            return bad(
+                "cluster.internal_secret",
+                "listeners.internal needs a secret of at least 16 characters",
+            );
+        }
+        if let Some(url) = &self.cluster.main_internal_url {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return bad("cluster.main_internal_url", "must be an http(s) URL");
+            }
+            if self.cluster.internal_secret.is_none() {
+                return bad(
+                    "cluster.internal_secret",
+                    "cluster.main_internal_url needs the internal secret",
+                );
+            }
+        }
+        if self.cluster.heartbeat_ms == 0 || self.cluster.lease_ms < 2 * self.cluster.heartbeat_ms {
+            return bad(
+                "cluster.lease_ms",
+                "heartbeat_ms must be > 0 and lease_ms at least twice heartbeat_ms",
+            );
+        }
+        if let Some(name) = &self.cluster.instance
+            && !valid_instance(name)
+        {
+            return bad(
+                "cluster.instance",
+                "1 to 64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+            );
+        }
+        for (name, p) in &self.processes {
+            if !valid_instance(name) {
+                return bad(
+                    "processes",
+                    "instance names are 1 to 64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+                );
+            }
+            if let Some(role) = &p.role
+                && !["all", "main", "sync"].contains(&role.as_str())
+            {
+                return bad("processes.<instance>.role", "one of all, main, sync");
+            }
+        }
         if let Some(url) = &self.server.public_baseurl
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return bad("server.public_baseurl", "must be an http(s) URL");
         }
         Ok(())
+    }
+
+    /// Takes the `[processes.<instance>]` section of `instance` (if any) into the
+    /// listeners and records the instance name; returns the role it names.
+    pub fn select_process(&mut self, instance: &str) -> Option<String> {
+        self.cluster.instance = Some(instance.to_owned());
+        let p = self.processes.get(instance)?.clone();
+        if let Some(a) = p.client {
+            self.listeners.client = a;
+        }
+        if p.metrics.is_some() {
+            self.listeners.metrics = p.metrics;
+        }
+        if p.internal.is_some() {
+            self.listeners.internal = p.internal;
+        }
+        p.role
     }
 
     /// The database URL, defaulting to a SQLite file in the data directory.
@@ -337,6 +461,15 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("{}/signing.key", self.server.data_dir))
     }
+}
+
+/// Instance names go into Redis keys, database rows and metric labels.
+fn valid_instance(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -362,5 +495,50 @@ mod tests {
         let mut c = Config::default();
         c.database.url = Some("mysql://x".into());
         assert_eq!(c.validate().expect_err("refused").key, "database.url");
+        let mut c = Config::default();
+        c.listeners.internal = Some(SocketAddr::from(([127, 0, 0, 1], 8090)));
+        assert_eq!(
+            c.validate().expect_err("refused").key,
+            "cluster.internal_secret"
+        );
+        c.cluster.internal_secret = Some("0123456789abcdef".into());
+        c.validate().expect("a 16-character secret is enough");
+        let mut c = Config::default();
+        c.cluster.instance = Some("sync 1".into());
+        assert_eq!(c.validate().expect_err("refused").key, "cluster.instance");
+        let mut c = Config::default();
+        c.processes.insert(
+            "fed-1".into(),
+            ProcessConfig {
+                role: Some("federation".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            c.validate().expect_err("refused").key,
+            "processes.<instance>.role"
+        );
+    }
+
+    #[test]
+    fn a_process_section_overrides_listeners_and_names_the_role() {
+        let mut c = Config::default();
+        c.listeners.metrics = Some(SocketAddr::from(([127, 0, 0, 1], 9000)));
+        c.processes.insert(
+            "sync-2".into(),
+            ProcessConfig {
+                role: Some("sync".into()),
+                client: Some(SocketAddr::from(([127, 0, 0, 1], 8102))),
+                ..Default::default()
+            },
+        );
+        let mut other = c.clone();
+        assert_eq!(c.select_process("sync-2").as_deref(), Some("sync"));
+        assert_eq!(c.listeners.client.port(), 8102);
+        assert_eq!(c.listeners.metrics.map(|a| a.port()), Some(9000));
+        assert_eq!(c.cluster.instance.as_deref(), Some("sync-2"));
+        assert_eq!(other.select_process("sync-9"), None);
+        assert_eq!(other.listeners.client.port(), 8008);
+        assert_eq!(other.cluster.instance.as_deref(), Some("sync-9"));
     }
 }

@@ -28,21 +28,64 @@ pub enum ConfigError {
     },
 }
 
+/// Only GANGLION_<SECTION>__<KEY>: other GANGLION_* variables are not configuration.
+fn environment() -> Env {
+    Env::prefixed("GANGLION_")
+        .filter(|k| k.as_str().contains("__"))
+        .split("__")
+}
+
 /// Loads the configuration from `path` (if any) and the environment, and validates it.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     if let Some(p) = path {
         fig = fig.merge(Toml::file_exact(p));
     }
-    // Only GANGLION_<SECTION>__<KEY>: other GANGLION_* variables are not configuration.
-    fig = fig.merge(
-        Env::prefixed("GANGLION_")
-            .filter(|k| k.as_str().contains("__"))
-            .split("__"),
-    );
-    let config: Config = fig.extract().map_err(Box::new)?;
+    let config: Config = fig.merge(environment()).extract().map_err(Box::new)?;
     config.validate()?;
     Ok(config)
+}
+
+/// The configuration of one process: the shared file, then its `[processes.<instance>]`
+/// section, then the environment (which wins over both). The instance name is `instance`
+/// (the `--instance` flag), else `cluster.instance`, else `<role>-<host>-<pid>`. Returns
+/// the role the section names, if any.
+pub fn load_process(
+    path: Option<&Path>,
+    instance: Option<&str>,
+    role: &str,
+) -> Result<(Config, Option<String>), ConfigError> {
+    let shared = load(path)?;
+    let name = instance
+        .map(str::to_owned)
+        .or_else(|| shared.cluster.instance.clone())
+        .unwrap_or_else(|| default_instance(role));
+    let mut with_section = shared;
+    let section_role = with_section.select_process(&name);
+    let mut config: Config = Figment::from(Serialized::defaults(with_section))
+        .merge(environment())
+        .extract()
+        .map_err(Box::new)?;
+    config.cluster.instance = Some(name);
+    config.validate()?;
+    Ok((config, section_role))
+}
+
+/// `<role>-<host name>-<pid>`, the host cut so the name stays within 64 characters.
+fn default_instance(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let host: String = host.chars().take(40).collect();
+    format!("{role}-{host}-{}", std::process::id())
 }
 
 /// The documented example configuration (`config/ganglion.example.toml`).

@@ -24,6 +24,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../../migrations/postgres/0002_txn_ids_per_room.sql"),
         include_str!("../../../migrations/sqlite/0002_txn_ids_per_room.sql"),
     ),
+    (
+        3,
+        "cluster",
+        include_str!("../../../migrations/postgres/0003_cluster.sql"),
+        include_str!("../../../migrations/sqlite/0003_cluster.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.
