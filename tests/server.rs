@@ -30,8 +30,12 @@ pub struct TestServer {
     /// Where main itself listens (differs from `base` behind nginx).
     pub main_base: String,
     child: Option<Child>,
-    /// Workers and nginx of the split shape.
+    /// Sync workers of the split shape, in the order nginx lists them.
     extras: Vec<Worker>,
+    /// nginx in front of the split shape.
+    proxy: Option<Worker>,
+    /// main's client port (split shape).
+    main_port: u16,
 }
 
 /// The `ganglion` binary: $GANGLION_BIN, or next to the test executable's directory.
@@ -54,6 +58,34 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 pub struct Worker {
     pub base: String,
     child: Child,
+}
+
+impl Worker {
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("worker port")
+    }
+
+    /// Stops it with SIGTERM (a clean shutdown: it drains requests and leaves its role's
+    /// membership) and waits up to 30 s.
+    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
 }
 
 impl Drop for Worker {
@@ -106,6 +138,29 @@ impl TestServer {
 
     /// Starts a server with extra configuration appended (TOML sections).
     pub async fn start_with(backend: Backend, extra: &str) -> TestServer {
+        Self::start_opts(backend, extra, None).await
+    }
+
+    /// Starts the split shape on a Redis of the test's own (`redis://host:port`).
+    pub async fn start_split_on_redis(redis: &str) -> TestServer {
+        Self::start_opts(Backend::Split, "", Some(redis)).await
+    }
+
+    /// Runs `sql` (a query returning one text column) on this server's PostgreSQL database.
+    pub async fn query_strings(&self, sql: &str) -> Vec<String> {
+        use sqlx::Connection;
+        let name = self.db_name.as_deref().expect("a PostgreSQL server");
+        let mut c = sqlx::PgConnection::connect(&format!("{}/{name}", pg_url()))
+            .await
+            .expect("connect to the test database");
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut c)
+            .await
+            .expect("query");
+        rows.into_iter().map(|r| r.0).collect()
+    }
+
+    async fn start_opts(backend: Backend, extra: &str, redis: Option<&str>) -> TestServer {
         let dir = std::env::temp_dir().join(unique("ganglion-it"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let port = free_port();
@@ -123,21 +178,29 @@ impl TestServer {
             }
         };
         let has = |section: &str| extra.contains(&format!("[{section}]"));
+        let internal_port = free_port();
         let mut config = format!(
             "[server]\nserver_name = \"localhost:{port}\"\ndata_dir = \"{}\"\n\n[listeners]\nclient = \"127.0.0.1:{main_port}\"\n{}\n[database]\nurl = \"{db_url}\"\n\n",
             dir.display(),
             if backend == Backend::Split {
-                "x_forwarded = true\n"
+                format!("x_forwarded = true\ninternal = \"127.0.0.1:{internal_port}\"\n")
             } else {
-                ""
+                String::new()
             },
         );
         if backend == Backend::Split {
-            let redis = std::env::var("GANGLION_TEST_REDIS")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let redis = redis.map(str::to_owned).unwrap_or_else(|| {
+                std::env::var("GANGLION_TEST_REDIS")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+            });
             config.push_str(&format!(
                 "[bus]\nredis_url = \"{redis}\"\nkey_prefix = \"{}\"\n\n",
                 unique("it-split")
+            ));
+            // Workers forward what they do not serve to main's internal listener.
+            config.push_str(&format!(
+                "[cluster]\ninternal_secret = \"{}\"\nmain_internal_url = \"http://127.0.0.1:{internal_port}\"\nheartbeat_ms = 500\nlease_ms = 2000\n\n",
+                unique("secret")
             ));
         }
         if !has("registration") {
@@ -159,34 +222,82 @@ impl TestServer {
             main_base: format!("http://127.0.0.1:{main_port}"),
             child: None,
             extras: Vec::new(),
+            proxy: None,
+            main_port,
         };
         srv.spawn().await;
         if backend == Backend::Split {
-            srv.start_split_front(main_port).await;
+            srv.start_split_front().await;
         }
         srv
     }
 
-    /// Two sync workers and nginx in front of main (the split shape).
-    async fn start_split_front(&mut self, main_port: u16) {
-        let w1 = self.worker("ganglion-sync", "sync-1").await;
-        let w2 = self.worker("ganglion-sync", "sync-2").await;
-        let strip = |b: &str| b.trim_start_matches("http://").to_owned();
+    /// Writes nginx's upstreams from the route table for the current workers.
+    fn write_proxy_conf(&self) {
+        let sync: Vec<String> = self
+            .extras
+            .iter()
+            .map(|w| format!("127.0.0.1:{}", w.port()))
+            .collect();
         let out = Command::new(binary())
             .args([
                 "generate-proxy",
                 "--listen",
                 &format!("127.0.0.1:{}", self.port),
                 "--main",
-                &format!("127.0.0.1:{main_port}"),
+                &format!("127.0.0.1:{}", self.main_port),
             ])
             .arg("--sync")
-            .arg(format!("{},{}", strip(&w1.base), strip(&w2.base)))
+            .arg(sync.join(","))
             .output()
             .expect("generate-proxy");
         assert!(out.status.success(), "generate-proxy failed");
-        let d = self.dir.display();
         std::fs::write(self.dir.join("proxy.conf"), &out.stdout).expect("proxy conf");
+    }
+
+    /// Makes nginx take the current workers (SIGHUP: a graceful reload; no Ganglion
+    /// process restarts, in-flight requests finish on the old nginx workers).
+    fn reload_proxy(&self) {
+        self.write_proxy_conf();
+        let pid = std::fs::read_to_string(self.dir.join("nginx.pid")).expect("nginx pid");
+        let ok = Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.trim())
+            .status()
+            .expect("kill -HUP");
+        assert!(ok.success(), "nginx reload failed");
+    }
+
+    /// Adds a sync worker under `instance` and puts it behind nginx. Returns its index.
+    pub async fn add_sync_worker(&mut self, instance: &str) -> usize {
+        let w = self.worker("ganglion-sync", instance).await;
+        self.extras.push(w);
+        self.reload_proxy();
+        self.extras.len() - 1
+    }
+
+    /// Takes sync worker `idx` out of nginx, then stops it cleanly (SIGTERM).
+    pub fn remove_sync_worker(&mut self, idx: usize) -> Option<std::process::ExitStatus> {
+        let w = self.extras.remove(idx);
+        self.reload_proxy();
+        // Let nginx's new workers take over before the old upstream goes away.
+        std::thread::sleep(Duration::from_millis(300));
+        w.terminate()
+    }
+
+    /// The sync workers' base URLs, in nginx's order.
+    pub fn sync_workers(&self) -> Vec<String> {
+        self.extras.iter().map(|w| w.base.clone()).collect()
+    }
+
+    /// Two sync workers and nginx in front of main (the split shape).
+    async fn start_split_front(&mut self) {
+        let w1 = self.worker("ganglion-sync", "sync-1").await;
+        let w2 = self.worker("ganglion-sync", "sync-2").await;
+        self.extras.push(w1);
+        self.extras.push(w2);
+        self.write_proxy_conf();
+        let d = self.dir.display();
         std::fs::create_dir_all(self.dir.join("tmp")).expect("tmp");
         let conf = format!(
             "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/tmp/body;\n proxy_temp_path {d}/tmp/proxy;\n fastcgi_temp_path {d}/tmp/fcgi;\n uwsgi_temp_path {d}/tmp/uwsgi;\n scgi_temp_path {d}/tmp/scgi;\n include {d}/proxy.conf;\n}}\n"
@@ -206,9 +317,7 @@ impl TestServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx (install it: tests/run does)");
-        self.extras.push(w1);
-        self.extras.push(w2);
-        self.extras.push(Worker {
+        self.proxy = Some(Worker {
             base: self.base.clone(),
             child,
         });
@@ -260,12 +369,7 @@ impl TestServer {
     /// port, so nginx finds it where it was.
     pub async fn restart_sync_worker(&mut self, idx: usize) {
         let old = self.extras.remove(idx);
-        let port: u16 = old
-            .base
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("worker port");
+        let port = old.port();
         drop(old);
         let w = self
             .worker_on("ganglion-sync", &format!("sync-{}", idx + 1), port)
@@ -291,7 +395,7 @@ impl TestServer {
             .arg("--config")
             .arg(&self.config_path)
             .env("GANGLION_LISTENERS__CLIENT", format!("127.0.0.1:{port}"))
-            .env("GANGLION_INSTANCE", instance)
+            .env("GANGLION_CLUSTER__INSTANCE", instance)
             .stdout(Stdio::from(log.try_clone().expect("dup log")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -386,6 +490,7 @@ impl TestServer {
     pub async fn cleanup(mut self) {
         self.kill9();
         self.extras.clear();
+        self.proxy = None;
         if let Some(name) = self.db_name.take() {
             pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         }

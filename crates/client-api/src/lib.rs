@@ -46,6 +46,18 @@ pub struct ClientApi {
     pub room_limit: Arc<RateLimiter>,
 }
 
+impl axum::extract::FromRef<ClientApi> for Rooms {
+    fn from_ref(api: &ClientApi) -> Rooms {
+        api.rooms.clone()
+    }
+}
+
+/// The stateless room reads (`/messages`, `/context`, `/event`, `/state`, `/members`,
+/// `/joined_members`, `/timestamp_to_event`) over a read-only [`Rooms`], for workers.
+pub fn read_router(rooms: Rooms) -> Router {
+    rooms::read::routes(Router::new()).with_state(rooms)
+}
+
 /// Every client-api route, with state applied.
 pub fn router(api: ClientApi) -> Router {
     let r = Router::new();

@@ -130,6 +130,23 @@ impl Rooms {
         *self.inner.position.borrow()
     }
 
+    /// The events position reads may go up to. main's own position is exact; a read-only
+    /// process's follows the bus and may trail a write main has already answered, so it
+    /// takes the committed maximum from the record (read-your-writes across processes).
+    pub async fn read_position(&self) -> Result<i64> {
+        let own = self.events_position().0;
+        if self.inner.persister.is_some() {
+            return Ok(own);
+        }
+        let committed = self
+            .inner
+            .store
+            .select_stream_max(ganglion_core::StreamKind::Events)
+            .await
+            .map_err(storage_error)?;
+        Ok(own.max(committed))
+    }
+
     /// Serialises writers of one room: building an event needs the state the previous
     /// event left, so one room's events are built and persisted one at a time.
     async fn lock_room(&self, room_id: &str) -> tokio::sync::OwnedMutexGuard<()> {

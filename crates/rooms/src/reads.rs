@@ -134,7 +134,7 @@ impl Rooms {
     /// The highest position `user` may read in a room: now if joined (or the room is
     /// world-readable), their leave if they left; `M_FORBIDDEN` if they were never in it.
     async fn read_bounds(&self, user_id: &str, room_id: &str) -> Result<ReadBounds> {
-        let now = self.events_position().0;
+        let now = self.read_position().await?;
         match self
             .inner
             .store

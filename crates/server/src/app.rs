@@ -65,6 +65,22 @@ pub struct Server {
     pub accounts: Accounts,
     /// The replication bus (flushed on shutdown).
     pub bus: Bus,
+    /// main's internal listener's routes (secret checked), when `listeners.internal` is on.
+    pub internal: Option<Router>,
+    /// What `/ready` checks.
+    pub readiness: Readiness,
+}
+
+/// What `/ready` checks: the database answers, and replication is caught up (everything
+/// committed one check ago has been applied) as of a recent check.
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    /// The database.
+    pub store: Store,
+    /// The notifier's replication checks.
+    pub replication: tokio::sync::watch::Receiver<ganglion_sync::Replication>,
+    /// How often the checks run.
+    pub period: Duration,
 }
 
 /// Connects, migrates and constructs every service of the all-in-one shape.
@@ -117,6 +133,11 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         default_version,
     );
     let notifier = Notifier::start(store.clone(), &bus, tasks.clone()).await?;
+    let readiness = Readiness {
+        store: store.clone(),
+        replication: notifier.monitor(store.clone(), check_period(&config), tasks.clone()),
+        period: check_period(&config),
+    };
 
     let limit = |l| {
         if config.rate_limits.enabled {
@@ -168,7 +189,24 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         .merge(ganglion_client_api::router(client))
         .merge(ganglion_sync::router(sync))
         .merge(ganglion_account_api::router(accounts.clone()));
-    let app = with_layers(routes, &config, accounts, store.clone());
+    // The internal listener serves the same routes behind the secret; the address a
+    // worker forwards is the client's.
+    let internal = match (config.listeners.internal, &config.cluster.internal_secret) {
+        (Some(_), Some(secret)) => {
+            let mut trusting = (*config).clone();
+            trusting.listeners.x_forwarded = true;
+            let app = with_layers(
+                routes.clone(),
+                &trusting,
+                accounts.clone(),
+                readiness.clone(),
+                None,
+            );
+            Some(crate::internal::require_secret(app, secret))
+        }
+        _ => None,
+    };
+    let app = with_layers(routes, &config, accounts, readiness.clone(), None);
     Ok(Server {
         app,
         store,
@@ -177,17 +215,26 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         config,
         accounts: accounts_for_cli,
         bus: bus_handle,
+        internal,
+        readiness,
     })
+}
+
+/// How often replication is checked (and `/ready` refreshed): the membership heartbeat.
+pub(crate) fn check_period(config: &Config) -> Duration {
+    Duration::from_millis(config.cluster.heartbeat_ms.max(100))
 }
 
 /// The layers every client-facing process puts around its routes: JSON 404/405, access
 /// tokens, request ids, client IPs and the per-IP limit, metrics, CORS, caught panics;
-/// and the probes, which bypass all of it (a load balancer checks often).
+/// and the probes, which bypass all of it (a load balancer checks often). Requests no
+/// route claims go to `forward` (a worker's way to main) or get 404 `M_UNRECOGNIZED`.
 pub(crate) fn with_layers(
     routes: Router,
     config: &Config,
     accounts: Accounts,
-    store: Store,
+    readiness: Readiness,
+    forward: Option<crate::internal::Forwarder>,
 ) -> Router {
     let limit = if config.rate_limits.enabled {
         Some(config.rate_limits.per_ip)
@@ -197,9 +244,24 @@ pub(crate) fn with_layers(
     let per_ip = Arc::new(RateLimiter::new(limit));
     let body_limit = config.server.max_request_bytes;
     let x_forwarded = config.listeners.x_forwarded;
+    let routes = match forward {
+        // Unknown paths, and other methods on paths a worker serves only for reading
+        // (a PUT of state through a proxy that routes by path alone), go to main.
+        Some(f) => {
+            let g = f.clone();
+            routes
+                .fallback(move |req: Request| {
+                    crate::internal::Forwarder::handle(State(f.clone()), req)
+                })
+                .method_not_allowed_fallback(move |req: Request| {
+                    crate::internal::Forwarder::handle(State(g.clone()), req)
+                })
+        }
+        None => routes
+            .fallback(unrecognized)
+            .method_not_allowed_fallback(method_not_allowed),
+    };
     let app = routes
-        .fallback(unrecognized)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             accounts,
             ganglion_account_api::auth_middleware,
@@ -214,7 +276,7 @@ pub(crate) fn with_layers(
         ));
     Router::new()
         .route("/health", get(health))
-        .route("/ready", get(ready).with_state(store))
+        .route("/ready", get(ready).with_state(readiness))
         .merge(app)
 }
 
@@ -279,12 +341,21 @@ async fn health() -> &'static str {
     "OK"
 }
 
-async fn ready(State(store): State<Store>) -> Response {
-    if store.ping().await {
-        (StatusCode::OK, "OK").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+async fn ready(State(r): State<Readiness>) -> Response {
+    if !r.store.ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response();
     }
+    let rep = *r.replication.borrow();
+    let age = ganglion_core::time::now_ms() - rep.checked_ms;
+    let stale = age > 3 * i64::try_from(r.period.as_millis()).unwrap_or(i64::MAX);
+    if !rep.caught_up || stale {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "replication not caught up (or not checked recently)",
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "OK").into_response()
 }
 
 /// Per request: a request id (taken from `X-Request-Id` or made up, and echoed), the
@@ -371,6 +442,7 @@ pub async fn serve(
     server: Server,
     listener: TcpListener,
     metrics: Option<(TcpListener, PrometheusHandle)>,
+    internal: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Server {
@@ -380,6 +452,8 @@ pub async fn serve(
         persister_task,
         config,
         bus,
+        internal: internal_app,
+        readiness,
         ..
     } = server;
     let stop = CancellationToken::new();
@@ -387,12 +461,23 @@ pub async fn serve(
         let metrics_app = Router::new()
             .route("/metrics", get(move || std::future::ready(handle.render())))
             .route("/health", get(health))
-            .route("/ready", get(ready).with_state(store.clone()));
+            .route("/ready", get(ready).with_state(readiness));
         let stop = stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(l, metrics_app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
+        });
+    }
+    if let (Some(l), Some(internal_app)) = (internal, internal_app) {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(
+                l,
+                internal_app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
         });
     }
     let stop_signal = stop.clone();

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod config;
+pub mod internal;
 pub mod routes;
 pub mod run;
 pub mod telemetry;

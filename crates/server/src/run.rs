@@ -24,8 +24,26 @@ pub enum Role {
     All,
     /// Main in the split shape: every writer, and every endpoint no worker claims.
     Main,
-    /// A sync worker: `/sync` over the Redis bus.
+    /// A sync worker: `/sync` and stateless reads over the Redis bus.
     Sync,
+}
+
+impl Role {
+    /// The name used in config sections, membership and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Main => "main",
+            Role::Sync => "sync",
+        }
+    }
+
+    /// The role of a name (`[processes.<instance>] role`).
+    pub fn from_name(name: &str) -> Option<Role> {
+        [Role::All, Role::Main, Role::Sync]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
 }
 
 /// The whole `main` of a worker binary (`ganglion-main`, `ganglion-sync`): parses
@@ -41,11 +59,15 @@ pub fn worker_main(role: Role, name: &str) -> std::process::ExitCode {
             /// GANGLION_<SECTION>__<KEY>, e.g. GANGLION_LISTENERS__CLIENT).
             #[arg(long)]
             config: std::path::PathBuf,
+            /// This process's instance name: picks its `[processes.<instance>]` section
+            /// (default: `cluster.instance`, else <role>-<host>-<pid>).
+            #[arg(long)]
+            instance: Option<String>,
         },
     }
 
     tame_malloc();
-    let Cli::Serve { config } = Cli::parse();
+    let Cli::Serve { config, instance } = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,7 +78,7 @@ pub fn worker_main(role: Role, name: &str) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve_role(role, &config)) {
+    match runtime.block_on(serve_role(Some(role), &config, instance.as_deref())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{name}: {e}");
@@ -65,17 +87,47 @@ pub fn worker_main(role: Role, name: &str) -> std::process::ExitCode {
     }
 }
 
-/// Loads the configuration at `path`, builds the role's services and serves until SIGTERM
-/// or Ctrl-C.
-pub async fn serve_role(role: Role, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let cfg = config::load(Some(path))?;
+/// Loads the configuration at `path` for the process `instance`, builds the role's
+/// services, joins the role's membership and serves until SIGTERM or Ctrl-C. `binary`
+/// is the role a worker binary is for; `None` (`ganglion serve`) takes the role from the
+/// instance's `[processes.<instance>]` section, default every role.
+pub async fn serve_role(
+    binary: Option<Role>,
+    path: &Path,
+    instance: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let guess = binary.unwrap_or(Role::All);
+    let (cfg, section_role) = config::load_process(Some(path), instance, guess.name())?;
+    let named = section_role.as_deref().map(|n| {
+        Role::from_name(n).ok_or_else(|| format!("processes.<instance>.role: unknown role {n}"))
+    });
+    let role = match (binary, named.transpose()?) {
+        (Some(b), Some(n)) if b != n => {
+            return Err(format!(
+                "processes.<instance>.role: this binary runs the {} role, the section says {}",
+                b.name(),
+                n.name()
+            )
+            .into());
+        }
+        (Some(b), _) => b,
+        (None, Some(n)) => n,
+        (None, None) => Role::All,
+    };
+    let instance = cfg
+        .cluster
+        .instance
+        .clone()
+        .unwrap_or_else(|| role.name().into());
     telemetry::init_logging(&cfg.logging);
     let metrics_handle = telemetry::init_metrics();
     let client_addr = cfg.listeners.client;
     let metrics_addr = cfg.listeners.metrics;
+    let internal_addr = cfg.listeners.internal;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        ?role,
+        role = role.name(),
+        %instance,
         server_name = %cfg.server.server_name,
         config = %path.display(),
         "Ganglion starting"
@@ -89,15 +141,37 @@ pub async fn serve_role(role: Role, path: &Path) -> Result<(), Box<dyn std::erro
             }
             build_all(cfg).await?
         }
-        Role::Sync => {
-            let instance = std::env::var("GANGLION_INSTANCE")
-                .unwrap_or_else(|_| format!("sync-{}", std::process::id()));
-            worker::build_sync_worker(cfg, &instance).await?
-        }
+        Role::Sync => worker::build_sync_worker(cfg, &instance).await?,
     };
+    let c = &server.config.cluster;
+    ganglion_cluster::Membership::join(
+        server.store.clone(),
+        ganglion_cluster::Settings {
+            role: role.name().into(),
+            instance: instance.clone(),
+            heartbeat: std::time::Duration::from_millis(c.heartbeat_ms),
+            lease: std::time::Duration::from_millis(c.lease_ms),
+        },
+        server.tasks.clone(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(client_addr)
         .await
         .map_err(|e| format!("cannot listen on {client_addr}: {e}"))?;
+    let internal = match (internal_addr, role) {
+        (Some(addr), Role::Main | Role::All) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            tracing::info!(%addr, "internal listener (for workers) listening");
+            Some(l)
+        }
+        (Some(addr), _) => {
+            tracing::warn!(%addr, "listeners.internal is only for main; ignored");
+            None
+        }
+        (None, _) => None,
+    };
     let metrics = match (metrics_addr, metrics_handle) {
         (Some(addr), Some(handle)) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -110,12 +184,12 @@ pub async fn serve_role(role: Role, path: &Path) -> Result<(), Box<dyn std::erro
     };
     tracing::info!(
         url = %format!("http://{client_addr}/"),
-        ?role,
+        role = role.name(),
         server_name = %server.config.server.server_name,
         database = %database,
         "Ganglion listening"
     );
-    serve(server, listener, metrics, shutdown_signal()).await?;
+    serve(server, listener, metrics, internal, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! Worker processes of the split shape (ARCHITECTURE §2). A sync worker follows the
-//! replication streams over Redis, reads the shared PostgreSQL, and serves `/sync`; it
-//! never writes events (its `Rooms` is read-only) and owns no stream writer.
+//! replication streams over Redis, reads the shared PostgreSQL, and serves `/sync` and
+//! the stateless room reads; it never writes events (its `Rooms` is read-only) and owns
+//! no stream writer. Anything else that reaches it is forwarded to main's internal
+//! listener when `cluster.main_internal_url` is set.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,7 +17,10 @@ use ruma::{OwnedServerName, RoomVersionId};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Server, StartError, with_layers};
+use crate::{
+    app::{Readiness, Server, StartError, check_period, with_layers},
+    internal::Forwarder,
+};
 
 /// Builds a sync worker: `/sync` over the Redis bus and the shared database.
 pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server, StartError> {
@@ -57,6 +62,11 @@ pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server,
         .await
         .map_err(|e| StartError::Config(format!("bus.redis_url: {e}")))?;
     let notifier = Notifier::start(store.clone(), &bus, tasks.clone()).await?;
+    let readiness = Readiness {
+        store: store.clone(),
+        replication: notifier.monitor(store.clone(), check_period(&config), tasks.clone()),
+        period: check_period(&config),
+    };
     let (position_tx, position) = watch::channel(notifier.current().get(StreamKind::Events));
     let mut current = notifier.current_watch();
     let stop = tasks.clone();
@@ -93,10 +103,29 @@ pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server,
         RateLimiter::new(limit(config.rate_limits.registration)),
         RateLimiter::new(limit(config.rate_limits.login)),
     );
-    let sync = SyncService::new(store.clone(), rooms, notifier, None);
-    let routes = Router::new().merge(ganglion_sync::router(sync));
-    let app = with_layers(routes, &config, accounts.clone(), store.clone());
-    tracing::info!(instance, "sync worker built");
+    let sync = SyncService::new(store.clone(), rooms.clone(), notifier, None);
+    let routes = Router::new()
+        .merge(ganglion_sync::router(sync))
+        .merge(ganglion_client_api::read_router(rooms));
+    let forward = match (
+        &config.cluster.main_internal_url,
+        &config.cluster.internal_secret,
+    ) {
+        (Some(url), Some(secret)) => Some(
+            Forwarder::new(url, secret, config.server.max_request_bytes)
+                .map_err(StartError::Config)?,
+        ),
+        _ => None,
+    };
+    let forwarding = forward.is_some();
+    let app = with_layers(
+        routes,
+        &config,
+        accounts.clone(),
+        readiness.clone(),
+        forward,
+    );
+    tracing::info!(instance, forwarding, "sync worker built");
     Ok(Server {
         app,
         store,
@@ -105,5 +134,7 @@ pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server,
         config,
         accounts,
         bus,
+        internal: None,
+        readiness,
     })
 }

@@ -21,4 +21,23 @@ impl Store {
         let (n,): (Option<i64>,) = sqlx::query_as(sql).fetch_one(self.reader()).await?;
         Ok(n.unwrap_or(0))
     }
+
+    /// The committed maximum of every database-backed stream, in one round trip (each an
+    /// index-only lookup): events, receipts, account data, to-device.
+    pub async fn select_stream_maxes(&self) -> Result<[(StreamKind, i64); 4]> {
+        let row: (Option<i64>, Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT MAX(stream_ordering) FROM events),
+                    (SELECT MAX(stream_id) FROM receipts),
+                    (SELECT MAX(stream_id) FROM account_data),
+                    (SELECT MAX(stream_id) FROM to_device)",
+        )
+        .fetch_one(self.reader())
+        .await?;
+        Ok([
+            (StreamKind::Events, row.0.unwrap_or(0)),
+            (StreamKind::Receipts, row.1.unwrap_or(0)),
+            (StreamKind::AccountData, row.2.unwrap_or(0)),
+            (StreamKind::ToDevice, row.3.unwrap_or(0)),
+        ])
+    }
 }

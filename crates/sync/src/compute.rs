@@ -121,20 +121,15 @@ impl SyncService {
             }
             // A worker: a write answered by main may not have come round the bus yet. The
             // record has it (writers publish after commit, and each stream's positions
-            // commit in order), so read the committed positions: four index-only queries
-            // buy read-your-writes across processes.
+            // commit in order), so read the committed positions: one query of four
+            // index-only lookups buys read-your-writes across processes.
             None => {
-                for kind in [
-                    StreamKind::Events,
-                    StreamKind::Receipts,
-                    StreamKind::AccountData,
-                    StreamKind::ToDevice,
-                ] {
-                    let pos = self
-                        .store
-                        .select_stream_max(kind)
-                        .await
-                        .map_err(storage_error)?;
+                let maxes = self
+                    .store
+                    .select_stream_maxes()
+                    .await
+                    .map_err(storage_error)?;
+                for (kind, pos) in maxes {
                     raise(kind, ganglion_core::StreamPos(pos));
                 }
             }

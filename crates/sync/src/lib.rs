@@ -17,7 +17,7 @@ use ruma::api::client::{filter::FilterDefinition, sync::sync_events};
 use serde_json::Value;
 
 pub use compute::SyncService;
-pub use notifier::Notifier;
+pub use notifier::{Notifier, Replication};
 
 use crate::{compute::SyncRequest, filter::SyncFilter, notifier::Wake};
 

@@ -39,8 +39,20 @@ pub struct RoomTyping {
 #[derive(Clone, Debug)]
 pub struct Notifier {
     current: watch::Receiver<SyncToken>,
+    tx: Arc<watch::Sender<SyncToken>>,
     wakes: broadcast::Sender<Wake>,
     typing: Arc<RwLock<HashMap<String, RoomTyping>>>,
+}
+
+/// How well this process follows replication (for readiness and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// Everything committed one check ago has been applied.
+    pub caught_up: bool,
+    /// When the last check succeeded (ms since the epoch); 0 before the first.
+    pub checked_ms: i64,
+    /// Catch-ups from the database forced by the check since start.
+    pub forced_catch_ups: u64,
 }
 
 impl Notifier {
@@ -54,15 +66,80 @@ impl Notifier {
         let sub = bus.subscribe();
         let token = positions_from_db(&store, SyncToken::default()).await?;
         let (tx, current) = watch::channel(token);
+        let tx = Arc::new(tx);
         let (wakes, _) = broadcast::channel(WAKE_CAPACITY);
         let typing: Arc<RwLock<HashMap<String, RoomTyping>>> = Arc::default();
         let notifier = Notifier {
             current,
+            tx: tx.clone(),
             wakes: wakes.clone(),
             typing: typing.clone(),
         };
         tokio::spawn(follow(store, sub, tx, wakes, typing, shutdown));
         Ok(notifier)
+    }
+
+    /// Checks replication every `period` until `shutdown`: reads the committed maximum of
+    /// each database-backed stream, publishes how far behind this process is
+    /// (`ganglion_replication_lag{stream}`, in positions), and when something committed
+    /// a whole period ago has still not come over the bus (Redis down or flushed, an
+    /// entry lost) catches up from the database and wakes everyone. Redis is only a
+    /// doorbell: without it a process still moves, a period late.
+    pub fn monitor(
+        &self,
+        store: Store,
+        period: Duration,
+        shutdown: CancellationToken,
+    ) -> watch::Receiver<Replication> {
+        let (state_tx, state) = watch::channel(Replication::default());
+        let notifier = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // What was committed at the previous check: it must be applied by now.
+            let mut previous: Option<[(StreamKind, i64); 4]> = None;
+            let mut forced = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => break,
+                }
+                let maxes = match store.select_stream_maxes().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replication check: database unreachable");
+                        state_tx.send_modify(|s| s.caught_up = false);
+                        continue;
+                    }
+                };
+                let applied = notifier.current();
+                let behind = previous
+                    .iter()
+                    .flatten()
+                    .any(|(kind, pos)| applied.get(*kind).0 < *pos);
+                for (kind, pos) in maxes {
+                    let lag = (pos - applied.get(kind).0).max(0);
+                    metrics::gauge!("ganglion_replication_lag", "stream" => kind.name())
+                        .set(lag as f64);
+                }
+                if behind {
+                    forced += 1;
+                    metrics::counter!("ganglion_replication_forced_catch_ups_total").increment(1);
+                    tracing::warn!(
+                        ?applied,
+                        "replication: entries committed a period ago have not arrived over the bus; catching up from the database"
+                    );
+                    raise_from(&notifier.tx, &notifier.wakes, maxes);
+                }
+                previous = Some(maxes);
+                state_tx.send_replace(Replication {
+                    caught_up: true,
+                    checked_ms: ganglion_core::time::now_ms(),
+                    forced_catch_ups: forced,
+                });
+            }
+        });
+        state
     }
 
     /// The current token: every stream as far as this process has applied it.
@@ -114,7 +191,7 @@ async fn positions_from_db(
 async fn follow(
     store: Store,
     mut sub: ganglion_bus::Subscription,
-    tx: watch::Sender<SyncToken>,
+    tx: Arc<watch::Sender<SyncToken>>,
     wakes: broadcast::Sender<Wake>,
     typing: Arc<RwLock<HashMap<String, RoomTyping>>>,
     shutdown: CancellationToken,
@@ -169,14 +246,30 @@ async fn follow(
     }
 }
 
+/// Raises positions to `maxes` (never lowers one: the follower may have moved on
+/// meanwhile) and wakes everyone.
+fn raise_from(
+    tx: &watch::Sender<SyncToken>,
+    wakes: &broadcast::Sender<Wake>,
+    maxes: impl IntoIterator<Item = (StreamKind, i64)>,
+) {
+    tx.send_modify(|tok| {
+        for (kind, pos) in maxes {
+            if pos > tok.get(kind).0 {
+                tok.set(kind, StreamPos(pos));
+            }
+        }
+    });
+    let _ = wakes.send(Wake::All);
+}
+
 async fn catch_up(store: &Store, tx: &watch::Sender<SyncToken>, wakes: &broadcast::Sender<Wake>) {
     let mut delay = Duration::from_millis(50);
     loop {
         let cur = *tx.borrow();
         match positions_from_db(store, cur).await {
             Ok(token) => {
-                tx.send_replace(token);
-                let _ = wakes.send(Wake::All);
+                raise_from(tx, wakes, StreamKind::ALL.map(|k| (k, token.get(k).0)));
                 return;
             }
             Err(e) => {

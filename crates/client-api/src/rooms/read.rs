@@ -2,12 +2,13 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{FromRef, Path, State},
     routing::get,
 };
 use ganglion_core::{Error, token::PageToken};
 use ganglion_http::{ApiResult, Authed, Identity, route};
 use ganglion_rooms::{
+    Rooms,
     format::{Shape, Viewer},
     reads::MessagesQuery,
 };
@@ -23,10 +24,15 @@ use ruma::api::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{ClientApi, rooms::event_filter};
+use crate::rooms::event_filter;
 
-/// Registers the read routes.
-pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
+/// Registers the read routes: stateless reads of the record, which any process with a
+/// (read-only) [`Rooms`] can serve, so sync workers serve them too.
+pub fn routes<S>(r: Router<S>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Rooms: FromRef<S>,
+{
     let r = route::<get_message_events::v3::Request, _, _, _>(r, get_message_events);
     let r = route::<get_context::v3::Request, _, _, _>(r, get_context);
     let r = route::<get_room_event::v3::Request, _, _, _>(r, get_room_event);
@@ -60,7 +66,7 @@ fn page_token(s: &Option<String>) -> ApiResult<Option<PageToken>> {
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/messages`.
 pub async fn get_message_events(
-    State(api): State<ClientApi>,
+    State(rooms): State<Rooms>,
     req: Authed<get_message_events::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let b = &req.body;
@@ -75,16 +81,14 @@ pub async fn get_message_events(
         limit,
         filter: &filter,
     };
-    let page = api
-        .rooms
+    let page = rooms
         .messages(req.user().as_str(), b.room_id.as_str(), &q)
         .await?;
     let viewer = Viewer {
         user_id: req.user().as_str(),
         device_id: req.device().as_str(),
     };
-    let chunk = api
-        .rooms
+    let chunk = rooms
         .format_events(&page.chunk, Some(viewer), Shape::Client)
         .await?;
     let mut out = json!({ "start": page.start.to_string(), "chunk": chunk });
@@ -93,7 +97,7 @@ pub async fn get_message_events(
     }
     if !page.state.is_empty() {
         out["state"] = json!(
-            api.rooms
+            rooms
                 .format_events(&page.state, Some(viewer), Shape::Client)
                 .await?
         );
@@ -103,14 +107,13 @@ pub async fn get_message_events(
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`.
 pub async fn get_context(
-    State(api): State<ClientApi>,
+    State(rooms): State<Rooms>,
     req: Authed<get_context::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let b = &req.body;
     let limit = usize::try_from(u64::from(b.limit)).unwrap_or(10).min(100);
     let filter = event_filter(&b.filter);
-    let (before, event, after, state, start, end) = api
-        .rooms
+    let (before, event, after, state, start, end) = rooms
         .context(
             req.user().as_str(),
             b.room_id.as_str(),
@@ -126,20 +129,19 @@ pub async fn get_context(
     Ok(Json(json!({
         "start": start.to_string(),
         "end": end.to_string(),
-        "events_before": api.rooms.format_events(&before, viewer, Shape::Client).await?,
-        "event": api.rooms.format_events(std::slice::from_ref(&event), viewer, Shape::Client).await?.pop(),
-        "events_after": api.rooms.format_events(&after, viewer, Shape::Client).await?,
-        "state": api.rooms.format_events(&state, viewer, Shape::Client).await?,
+        "events_before": rooms.format_events(&before, viewer, Shape::Client).await?,
+        "event": rooms.format_events(std::slice::from_ref(&event), viewer, Shape::Client).await?.pop(),
+        "events_after": rooms.format_events(&after, viewer, Shape::Client).await?,
+        "state": rooms.format_events(&state, viewer, Shape::Client).await?,
     })))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`.
 pub async fn get_room_event(
-    State(api): State<ClientApi>,
+    State(rooms): State<Rooms>,
     req: Authed<get_room_event::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    let row = api
-        .rooms
+    let row = rooms
         .event_for(
             req.user().as_str(),
             req.body.room_id.as_str(),
@@ -150,8 +152,7 @@ pub async fn get_room_event(
         user_id: req.user().as_str(),
         device_id: req.device().as_str(),
     });
-    let mut out = api
-        .rooms
+    let mut out = rooms
         .format_events(std::slice::from_ref(&row), viewer, Shape::Client)
         .await?;
     Ok(Json(out.pop().unwrap_or(Value::Null)))
@@ -159,29 +160,27 @@ pub async fn get_room_event(
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`.
 pub async fn get_state_events(
-    State(api): State<ClientApi>,
+    State(rooms): State<Rooms>,
     req: Authed<get_state_events::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    let rows = api
-        .rooms
+    let rows = rooms
         .state_for(req.user().as_str(), req.body.room_id.as_str())
         .await?;
     Ok(Json(Value::Array(
-        api.rooms.format_events(&rows, None, Shape::Client).await?,
+        rooms.format_events(&rows, None, Shape::Client).await?,
     )))
 }
 
 async fn state_event(
-    api: &ClientApi,
+    rooms: &Rooms,
     user: &str,
     room_id: &str,
     kind: &str,
     sk: &str,
     full: bool,
 ) -> ApiResult<Json<Value>> {
-    let row = api.rooms.state_event_for(user, room_id, kind, sk).await?;
-    let mut event = api
-        .rooms
+    let row = rooms.state_event_for(user, room_id, kind, sk).await?;
+    let mut event = rooms
         .format_events(std::slice::from_ref(&row), None, Shape::Client)
         .await?
         .pop()
@@ -200,7 +199,7 @@ async fn state_event(
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`.
 pub async fn get_state_event_for_key(
-    State(api): State<ClientApi>,
+    State(rooms): State<Rooms>,
     req: Authed<get_state_event_for_key::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let b = &req.body;
@@ -209,7 +208,7 @@ pub async fn get_state_event_for_key(
         get_state_event_for_key::v3::StateEventFormat::Event
     );
     state_event(
-        &api,
+        &rooms,
         req.user().as_str(),
         b.room_id.as_str(),
         &b.event_type.to_string(),
@@ -221,24 +220,23 @@ pub async fn get_state_event_for_key(
 
 /// The empty-state-key form `GET …/state/{eventType}`.
 pub async fn get_state_empty_key(
-    State(api): State<ClientApi>,
+    State(rooms): State<Rooms>,
     identity: Identity,
     Path((room_id, kind)): Path<(String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> ApiResult<Json<Value>> {
     let full = query.is_some_and(|q| q.split('&').any(|kv| kv == "format=event"));
-    state_event(&api, identity.user_id.as_str(), &room_id, &kind, "", full).await
+    state_event(&rooms, identity.user_id.as_str(), &room_id, &kind, "", full).await
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/members`.
 pub async fn get_member_events(
-    State(api): State<ClientApi>,
+    State(rooms): State<Rooms>,
     req: Authed<get_member_events::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let b = &req.body;
     let at = page_token(&b.at)?;
-    let rows = api
-        .rooms
+    let rows = rooms
         .members_for(
             req.user().as_str(),
             b.room_id.as_str(),
@@ -248,21 +246,20 @@ pub async fn get_member_events(
         )
         .await?;
     Ok(Json(
-        json!({ "chunk": api.rooms.format_events(&rows, None, Shape::Client).await? }),
+        json!({ "chunk": rooms.format_events(&rows, None, Shape::Client).await? }),
     ))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`.
 pub async fn joined_members(
-    State(api): State<ClientApi>,
+    State(rooms): State<Rooms>,
     req: Authed<joined_members::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     let room_id = req.body.room_id.as_str();
-    if !api.rooms.is_joined(req.user().as_str(), room_id).await? {
+    if !rooms.is_joined(req.user().as_str(), room_id).await? {
         return Err(Error::forbidden("you are not in this room").into());
     }
-    let rows = api
-        .rooms
+    let rows = rooms
         .members_for(req.user().as_str(), room_id, None, Some("join"), None)
         .await?;
     let mut joined = Map::new();
@@ -281,13 +278,12 @@ pub async fn joined_members(
 
 /// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event`.
 pub async fn get_event_by_timestamp(
-    State(api): State<ClientApi>,
+    State(rooms): State<Rooms>,
     req: Authed<get_event_by_timestamp::v1::Request>,
 ) -> ApiResult<Json<Value>> {
     let b = &req.body;
     let ts = i64::from(b.ts.get());
-    let (event_id, origin_ts) = api
-        .rooms
+    let (event_id, origin_ts) = rooms
         .event_near_ts(
             req.user().as_str(),
             b.room_id.as_str(),

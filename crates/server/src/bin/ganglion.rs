@@ -20,6 +20,10 @@ enum Command {
         /// The configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// This process's instance name: its `[processes.<instance>]` section may give
+        /// it a role (main, sync) and listeners.
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// Writes a documented configuration file.
     GenerateConfig {
@@ -45,17 +49,27 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
-    /// Prints the nginx configuration generated from the route table.
+    /// Prints the reverse-proxy configuration generated from the route table: nginx
+    /// (`--listen`, `--main`, `--sync`) or Kubernetes Ingress (`--format ingress --host`).
     GenerateProxy {
+        /// `nginx` or `ingress`.
+        #[arg(long, default_value = "nginx")]
+        format: String,
         /// Where nginx listens (`host:port`).
-        #[arg(long)]
-        listen: String,
+        #[arg(long, required_if_eq("format", "nginx"))]
+        listen: Option<String>,
         /// main's client listener (`host:port`).
-        #[arg(long)]
-        main: String,
+        #[arg(long, required_if_eq("format", "nginx"))]
+        main: Option<String>,
         /// Sync workers' client listeners (`host:port`), comma-separated.
         #[arg(long, value_delimiter = ',')]
         sync: Vec<String>,
+        /// The public host name the Ingress serves.
+        #[arg(long, default_value = "matrix.example.org")]
+        host: String,
+        /// The TLS Secret of the Ingress (none: no `tls` section).
+        #[arg(long)]
+        tls_secret: Option<String>,
     },
     /// Applies database migrations and exits.
     Migrate {
@@ -103,7 +117,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    match cli.command.unwrap_or(Command::Serve { config: None }) {
+    match cli.command.unwrap_or(Command::Serve {
+        config: None,
+        instance: None,
+    }) {
         Command::GenerateConfig {
             server_name,
             output,
@@ -112,9 +129,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("wrote {}", output.display());
             Ok(())
         }
-        Command::Serve { config: path } => {
+        Command::Serve {
+            config: path,
+            instance,
+        } => {
             let path = config_path(path)?;
-            run::serve_role(run::Role::All, &path).await
+            run::serve_role(None, &path, instance.as_deref()).await
         }
         Command::RegisterUser {
             config: path,
@@ -138,11 +158,22 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             server.store.close().await;
             Ok(())
         }
-        Command::GenerateProxy { listen, main, sync } => {
-            let conf = ganglion_server::routes::nginx_config(
-                &listen,
-                &ganglion_server::routes::Upstreams { main, sync },
-            );
+        Command::GenerateProxy {
+            format,
+            listen,
+            main,
+            sync,
+            host,
+            tls_secret,
+        } => {
+            use ganglion_server::routes;
+            let conf = match (format.as_str(), listen, main) {
+                ("nginx", Some(listen), Some(main)) => {
+                    routes::nginx_config(&listen, &routes::Upstreams { main, sync })
+                }
+                ("ingress", _, _) => routes::ingress_yaml(&host, tls_secret.as_deref()),
+                _ => return Err("--format: nginx (with --listen and --main) or ingress".into()),
+            };
             std::io::Write::write_all(&mut std::io::stdout(), conf.as_bytes())?;
             Ok(())
         }
