@@ -288,4 +288,14 @@ mod tests {
         assert!(main.contains("path: \"/\""));
         assert!(main.contains("name: ganglion-main\n                port:"));
     }
+
+    #[test]
+    fn the_committed_ingress_is_what_the_route_table_generates() {
+        let committed = include_str!("../../../deploy/k8s/ingress.yaml");
+        assert_eq!(
+            committed,
+            ingress_yaml("matrix.example.org", Some("ganglion-tls")),
+            "deploy/k8s/ingress.yaml drifted: regenerate it with `ganglion generate-proxy --format ingress --host matrix.example.org --tls-secret ganglion-tls`"
+        );
+    }
 }
