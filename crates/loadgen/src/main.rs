@@ -53,6 +53,10 @@ struct Cli {
     /// per message (from /proc) to the send figures.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// Other processes on this machine whose CPU use during each send measurement is
+    /// reported (`NAME=PID`, repeatable), e.g. the sync workers of a split deployment.
+    #[arg(long = "observe", global = true, value_parser = parse_observed)]
+    observe: Vec<(String, u32)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +102,9 @@ pub struct SendArgs {
     /// Unmeasured sends before the measurement (warm caches and connections).
     #[arg(long, default_value_t = 20)]
     pub warmup: usize,
+    /// Pace the sends at this many per second (0: as fast as the server answers).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -181,6 +188,16 @@ pub struct Ctx {
     pub password: String,
     pub setup_concurrency: usize,
     pub server_pid: Option<u32>,
+    /// Processes whose CPU is reported per send measurement: (name, pid).
+    pub observe: Vec<(String, u32)>,
+}
+
+fn parse_observed(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PID, got {s}"))?;
+    let pid = pid.parse().map_err(|e| format!("{s}: {e}"))?;
+    Ok((name.to_owned(), pid))
 }
 
 impl Ctx {
@@ -226,6 +243,7 @@ async fn run(cli: Cli) -> Result<()> {
         password: "loadgen-Pa55word".to_owned(),
         setup_concurrency: cli.setup_concurrency.max(1),
         server_pid: cli.server_pid,
+        observe: cli.observe.clone(),
     };
     match cli.command {
         Command::Register(a) => scenarios::register::run(&ctx, &a).await,
@@ -278,6 +296,7 @@ async fn run_all(ctx: &Ctx, a: &AllArgs) -> Result<()> {
                     messages,
                     max_seconds: a.send_max_seconds.unwrap_or(if q { 10.0 } else { 30.0 }),
                     warmup: if q { 5 } else { 20 },
+                    rate: 0.0,
                 };
                 if let Err(e) = scenarios::send::run(ctx, &setup, &args).await {
                     ctx.rep

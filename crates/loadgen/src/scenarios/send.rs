@@ -44,6 +44,11 @@ pub async fn run(ctx: &Ctx, s: &SendSetup, a: &SendArgs) -> Result<()> {
 
     let next = AtomicUsize::new(0);
     let cpu_before = ctx.server_cpu();
+    let observed_before: Vec<Option<f64>> = ctx
+        .observe
+        .iter()
+        .map(|(_, pid)| crate::procstat::cpu_seconds(*pid))
+        .collect();
     let own_cpu_before = crate::procstat::cpu_seconds(std::process::id());
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(a.max_seconds);
@@ -54,6 +59,11 @@ pub async fn run(ctx: &Ctx, s: &SendSetup, a: &SendArgs) -> Result<()> {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= a.messages || Instant::now() >= deadline {
                 break;
+            }
+            if a.rate > 0.0 {
+                // Paced: send i is due at i / rate seconds into the run.
+                let due = started + Duration::from_secs_f64(i as f64 / a.rate);
+                tokio::time::sleep_until(due.into()).await;
             }
             let room = &s.rooms[i % r];
             let t = Instant::now();
@@ -79,6 +89,16 @@ pub async fn run(ctx: &Ctx, s: &SendSetup, a: &SendArgs) -> Result<()> {
     let own_cpu = own_cpu_before
         .zip(crate::procstat::cpu_seconds(std::process::id()))
         .map(|(b, a)| a - b);
+    // Each observed process's CPU over the measurement, as a percentage of one core.
+    let observed: Vec<(String, f64)> = ctx
+        .observe
+        .iter()
+        .zip(&observed_before)
+        .filter_map(|((name, pid), before)| {
+            let used = crate::procstat::cpu_seconds(*pid)? - (*before)?;
+            Some((name.clone(), used * 100.0 / elapsed))
+        })
+        .collect();
 
     let mut lat = Samples::default();
     let mut errors = Vec::new();
@@ -110,8 +130,24 @@ pub async fn run(ctx: &Ctx, s: &SendSetup, a: &SendArgs) -> Result<()> {
         "rooms": r, "concurrency": c, "ok": ok, "errors": errors.len(), "seconds": elapsed,
         "mean_ms": lat.mean(), "server_cpu_s": cpu, "loadgen_cpu_s": own_cpu,
     });
-    let key = format!("send.rooms_{r}.c_{c}");
+    let key = if a.rate > 0.0 {
+        format!("send.rooms_{r}.c_{c}.rate_{}", a.rate)
+    } else {
+        format!("send.rooms_{r}.c_{c}")
+    };
     let rep = &ctx.rep;
+    for (name, pct) in &observed {
+        ctx.rep
+            .say(&format!("send: {name} used {pct:.2}% of a core"));
+        rep.figure(
+            "send",
+            &format!("{key}.cpu_pct.{name}"),
+            *pct,
+            "% of a core",
+            false,
+            params.clone(),
+        )?;
+    }
     rep.figure(
         "send",
         &format!("{key}.msgs_per_s"),
