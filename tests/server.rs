@@ -58,9 +58,27 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 pub struct Worker {
     pub base: String,
     child: Child,
+    /// Its metrics listener (`http://host:port`), when it has one.
+    pub metrics: Option<String>,
 }
 
 impl Worker {
+    /// How many requests it has answered whose route contains `endpoint` (from its
+    /// Prometheus metrics).
+    pub async fn requests_served(&self, endpoint: &str) -> u64 {
+        let Some(m) = &self.metrics else { return 0 };
+        let text = reqwest::get(format!("{m}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with("ganglion_http_requests_total{") && l.contains(endpoint))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.base
@@ -290,6 +308,11 @@ impl TestServer {
         self.extras.iter().map(|w| w.base.clone()).collect()
     }
 
+    /// Sync worker `idx`.
+    pub fn sync_worker(&self, idx: usize) -> &Worker {
+        &self.extras[idx]
+    }
+
     /// Two sync workers and nginx in front of main (the split shape).
     async fn start_split_front(&mut self) {
         let w1 = self.worker("ganglion-sync", "sync-1").await;
@@ -320,6 +343,7 @@ impl TestServer {
         self.proxy = Some(Worker {
             base: self.base.clone(),
             child,
+            metrics: None,
         });
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -390,11 +414,16 @@ impl TestServer {
             .append(true)
             .open(self.dir.join(format!("{instance}.log")))
             .expect("log file");
+        let metrics_port = free_port();
         let child = Command::new(sibling_binary(bin))
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
             .env("GANGLION_LISTENERS__CLIENT", format!("127.0.0.1:{port}"))
+            .env(
+                "GANGLION_LISTENERS__METRICS",
+                format!("127.0.0.1:{metrics_port}"),
+            )
             .env("GANGLION_CLUSTER__INSTANCE", instance)
             .stdout(Stdio::from(log.try_clone().expect("dup log")))
             .stderr(Stdio::from(log))
@@ -403,6 +432,7 @@ impl TestServer {
         let worker = Worker {
             base: format!("http://127.0.0.1:{port}"),
             child,
+            metrics: Some(format!("http://127.0.0.1:{metrics_port}")),
         };
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);

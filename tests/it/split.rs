@@ -332,8 +332,9 @@ impl Drop for OwnRedis {
 }
 
 /// Redis killed and restarted (empty) twice during a burst, once staying down for two
-/// seconds: processes reconnect, catch up from PostgreSQL, and every client still gets
-/// every event exactly once, in order, with no long-poll hanging.
+/// seconds, and a real FLUSHALL in between: processes reconnect, catch up from
+/// PostgreSQL, and every client still gets every event exactly once, in order, with no
+/// long-poll hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarts_during_a_burst_lose_nothing() {
     let port = {
@@ -349,6 +350,13 @@ async fn redis_restarts_during_a_burst_lose_nothing() {
             30 => {
                 redis.down();
                 redis.up();
+            }
+            45 => {
+                let status = std::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "FLUSHALL"])
+                    .status()
+                    .expect("redis-cli");
+                assert!(status.success());
             }
             60 => redis.down(),
             70 => redis.up(),
@@ -383,6 +391,19 @@ async fn a_worker_joins_and_one_leaves_under_load() {
             30 => {
                 let idx = srv.add_sync_worker("sync-3").await;
                 assert_eq!(idx, 2);
+                // The joiner takes its share: reads of 30 rooms, balanced by room.
+                for _ in 0..30 {
+                    let r = alice.create_room(json!({})).await;
+                    alice
+                        .get(&format!(
+                            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                            ganglion_tests::client::enc(&r)
+                        ))
+                        .await
+                        .ok();
+                }
+                let served = srv.sync_worker(2).requests_served("/messages").await;
+                assert!(served > 0, "sync-3 served none of 30 rooms' reads");
             }
             60 => {
                 let status = srv.remove_sync_worker(0).expect("sync-1 stopped");

@@ -160,7 +160,8 @@ pub fn nginx_config(listen: &str, up: &Upstreams) -> String {
 
 /// Kubernetes Ingress objects (networking.k8s.io/v1, for the ingress-nginx controller)
 /// generated from [`ROUTES`]: one Ingress per balancing rule, since ingress-nginx takes
-/// the hash key per Ingress. Services: `ganglion-main` and `ganglion-sync`, port 8008.
+/// the hash key per Ingress. Services: `ganglion-main`, and over the sync pods
+/// `ganglion-sync` (sticky by token) and `ganglion-sync-rooms` (by room), port `client`.
 /// Ingress cannot route by method, so a write to a read route's path reaches a sync
 /// worker, which forwards it to main's internal listener.
 pub fn ingress_yaml(host: &str, tls_secret: Option<&str>) -> String {
@@ -182,7 +183,9 @@ pub fn ingress_yaml(host: &str, tls_secret: Option<&str>) -> String {
         ),
         (
             "ganglion-reads",
-            "ganglion-sync",
+            // A Service of its own over the same pods: ingress-nginx keeps one upstream
+            // (and so one hash key) per Service and port.
+            "ganglion-sync-rooms",
             Some("$uri"),
             ROUTES
                 .iter()
@@ -283,6 +286,8 @@ mod tests {
         assert!(y.contains("upstream-hash-by: \"$http_authorization$arg_access_token\""));
         assert!(y.contains("path: \"/_matrix/client/(r0|v3)/sync$\""));
         assert!(y.contains("upstream-hash-by: \"$uri\""));
+        // One hash key per Service in ingress-nginx: the two sync rules use two Services.
+        assert!(y.contains("name: ganglion-sync-rooms\n"));
         assert!(y.contains("secretName: matrix-tls"));
         let main = &y[y.find("name: ganglion-main").unwrap_or(0)..];
         assert!(main.contains("path: \"/\""));
