@@ -25,6 +25,38 @@
 # The server is registration-open without verification (m.login.dummy), has every
 # rate limit off, listens on 127.0.0.1 only, and may only make outbound requests to
 # loopback addresses (no key servers, no stats, no federation outside this machine).
+#
+# Federation mode (a peer for Ganglion's federation tests; see docs/federation-testing.md):
+#
+#   SYNAPSE_FEDERATION=1 SYNAPSE_CA_DIR=CA_DIR tests/synapse/start-synapse.sh PORT DATA_DIR
+#
+# - PORT stays the plain-HTTP client listener (client API and /_synapse/admin).
+# - A second listener, TLS terminated by Synapse itself, serves [federation, keys] on
+#   127.0.0.1:FEDPORT, and the server name is localhost:FEDPORT (no DNS, .well-known or
+#   SRV involved). FEDPORT is SYNAPSE_FED_PORT, or a free port chosen on the first start
+#   and kept in DATA_DIR/federation_port for later starts on the same DATA_DIR.
+# - tests/federation/make-ca.sh CA_DIR synapse makes (once) the test CA and the
+#   certificate Synapse serves (CA_DIR/synapse.pem, .key; SAN localhost, 127.0.0.1).
+#   Outbound federation verifies certificates against CA_DIR/ca.pem only
+#   (federation_custom_ca_list), so every peer must serve a certificate from that CA.
+#   SYNAPSE_CA_DIR defaults to DATA_DIR/ca.
+# - Outbound requests may reach loopback (127.0.0.0/8, ::1) and nothing else; that
+#   covers federation too (no federation_ip_range_blacklist, so Synapse applies
+#   ip_range_blacklist/ip_range_whitelist to federation).
+# - No key servers (trusted_key_servers: []): Synapse fetches a peer's keys from the peer.
+# - Test-friendly federation retries (overridable with a `federation:` section in
+#   SYNAPSE_EXTRA_CONFIG): a failed request is retried 2 times at most within 10 s
+#   instead of ~10 times over minutes, and a destination that failed is backed off for
+#   only 1 s at first (Synapse's default is 10 min). Reset a destination by hand with
+#   POST /_synapse/admin/v1/federation/destinations/DEST/reset_connection.
+# - The last line printed is, instead of the URL:
+#     SYNAPSE client=http://127.0.0.1:PORT federation=https://localhost:FEDPORT server_name=localhost:FEDPORT shared_secret=SECRET ca=CA_DIR/ca.pem pid=PID
+#   (space-separated key=value; no value contains a space). The script waits until both
+#   the client API and https://localhost:FEDPORT/_matrix/key/v2/server answer.
+# - SYNAPSE_FED_PORT (see above) and SYNAPSE_CERT_NAME (file name in CA_DIR, default
+#   synapse) are the only other knobs; SYNAPSE_DB=postgres works as in the default mode.
+#
+# The registration shared secret is "start-synapse-PORT" in both modes.
 set -euo pipefail
 
 usage() { echo "usage: $0 PORT DATA_DIR" >&2; exit 2; }
@@ -39,9 +71,12 @@ PG_HOST=${SYNAPSE_PG_HOST:-127.0.0.1}
 PG_PORT=${SYNAPSE_PG_PORT:-5432}
 PG_USER=${SYNAPSE_PG_USER:-postgres}
 PG_DB=${SYNAPSE_PG_DB:-synapse_$PORT}
-SERVER_NAME=${SYNAPSE_SERVER_NAME:-localhost:$PORT}
 START_TIMEOUT=${SYNAPSE_START_TIMEOUT:-90}
 URL="http://127.0.0.1:$PORT"
+FEDERATION=${SYNAPSE_FEDERATION:-0}
+[[ $FEDERATION == 0 || $FEDERATION == 1 ]] || { echo "SYNAPSE_FEDERATION must be 0 or 1" >&2; exit 2; }
+SHARED_SECRET="start-synapse-$PORT"
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 say() { echo "start-synapse: $*" >&2; }
 
@@ -60,6 +95,62 @@ fi
 mkdir -p "$DATA_DIR"
 DATA_DIR=$(cd "$DATA_DIR" && pwd)
 CONFIG="$DATA_DIR/homeserver.yaml"
+
+FEDERATION_YAML=""
+FED_LISTENER_YAML=""
+if ((FEDERATION)); then
+  if [[ -s $DATA_DIR/federation_port ]]; then
+    FED_PORT=$(cat "$DATA_DIR/federation_port")
+    if [[ -n ${SYNAPSE_FED_PORT:-} && $SYNAPSE_FED_PORT != "$FED_PORT" ]]; then
+      say "$DATA_DIR was set up with federation port $FED_PORT, not $SYNAPSE_FED_PORT"; exit 2
+    fi
+  else
+    FED_PORT=${SYNAPSE_FED_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+  fi
+  [[ $FED_PORT =~ ^[0-9]+$ && $FED_PORT != "$PORT" ]] || { say "bad federation port '$FED_PORT'"; exit 2; }
+  if [[ -f $CONFIG && ! -s $DATA_DIR/federation_port ]]; then
+    say "$CONFIG was written without federation mode; use a fresh DATA_DIR"; exit 2
+  fi
+  echo "$FED_PORT" >"$DATA_DIR/federation_port"
+  CA_DIR=${SYNAPSE_CA_DIR:-$DATA_DIR/ca}
+  CERT_NAME=${SYNAPSE_CERT_NAME:-synapse}
+  "$HERE/../federation/make-ca.sh" "$CA_DIR" "$CERT_NAME"
+  CA_DIR=$(cd "$CA_DIR" && pwd)
+  SERVER_NAME=${SYNAPSE_SERVER_NAME:-localhost:$FED_PORT}
+  FED_URL="https://localhost:$FED_PORT"
+  FED_LISTENER_YAML="
+  - port: $FED_PORT
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: true
+    x_forwarded: false
+    resources:
+      - names: [federation, keys]
+        compress: false"
+  FEDERATION_YAML="
+# Federation mode: TLS on the federation listener with a certificate from the test CA,
+# and outbound federation trusting that CA only.
+tls_certificate_path: $CA_DIR/$CERT_NAME.pem
+tls_private_key_path: $CA_DIR/$CERT_NAME.key
+federation_verify_certificates: true
+federation_custom_ca_list: [$CA_DIR/ca.pem]
+allow_public_rooms_over_federation: true
+allow_profile_lookup_over_federation: true
+# Retries and back-off sized for tests (Synapse: 10 long retries up to 60 s apart, and a
+# destination that failed is skipped for 10 min, doubling).
+federation:
+  client_timeout: 20s
+  max_long_retries: 2
+  max_long_retry_delay: 5s
+  max_short_retries: 2
+  max_short_retry_delay: 2s
+  destination_min_retry_interval: 1s
+  destination_retry_multiplier: 2
+  destination_max_retry_interval: 10s
+"
+else
+  SERVER_NAME=${SYNAPSE_SERVER_NAME:-localhost:$PORT}
+fi
 
 if [[ $DB == postgres ]]; then
   # Synapse insists on C collation; TEMPLATE template0 lets us choose it.
@@ -113,13 +204,13 @@ listeners:
     x_forwarded: false
     resources:
       - names: [client]
-        compress: false
-
+        compress: false$FED_LISTENER_YAML
+$FEDERATION_YAML
 $DATABASE_YAML
 
 enable_registration: true
 enable_registration_without_verification: true
-registration_shared_secret: "start-synapse-$PORT"
+registration_shared_secret: "$SHARED_SECRET"
 bcrypt_rounds: 4
 macaroon_secret_key: "start-synapse-macaroon-$PORT"
 form_secret: "start-synapse-form-$PORT"
@@ -193,5 +284,21 @@ until curl -fsS --max-time 2 "$URL/_matrix/client/versions" >/dev/null 2>&1; do
   fi
   sleep 0.5
 done
-say "Synapse (pid $PID, $DB) is up; stop it with: kill $PID"
-echo "$URL"
+if ((FEDERATION)); then
+  # The federation listener starts with the client one, but check it (and the TLS set-up)
+  # before saying it is up.
+  until curl -fsS --max-time 2 --cacert "$CA_DIR/ca.pem" "$FED_URL/_matrix/key/v2/server" >/dev/null 2>&1; do
+    if ! kill -0 "$PID" 2>/dev/null || ((SECONDS >= deadline)); then
+      say "no answer on $FED_URL/_matrix/key/v2/server; its log:"; tail -n 50 "$DATA_DIR/synapse.log" >&2
+      curl -sS --max-time 2 --cacert "$CA_DIR/ca.pem" "$FED_URL/_matrix/key/v2/server" >&2 || true
+      kill "$PID" 2>/dev/null || true
+      exit 1
+    fi
+    sleep 0.5
+  done
+  say "Synapse (pid $PID, $DB, federation) is up; stop it with: kill $PID"
+  echo "SYNAPSE client=$URL federation=$FED_URL server_name=$SERVER_NAME shared_secret=$SHARED_SECRET ca=$CA_DIR/ca.pem pid=$PID"
+else
+  say "Synapse (pid $PID, $DB) is up; stop it with: kill $PID"
+  echo "$URL"
+fi
