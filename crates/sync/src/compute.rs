@@ -104,8 +104,10 @@ impl SyncService {
 
     /// The token a response is computed up to: the notifier's view, raised to what this
     /// process's own writers have committed (database-backed streams only; typing stays
-    /// at what the notifier's cache has applied).
-    pub async fn now(&self) -> Result<SyncToken> {
+    /// at what the notifier's cache has applied). On a worker, `from_record` also raises
+    /// it to the committed positions in the database (one query), for requests that
+    /// answer at once.
+    pub async fn now(&self, from_record: bool) -> Result<SyncToken> {
         let mut now = self.notifier.current();
         let mut raise = |kind: StreamKind, pos: ganglion_core::StreamPos| {
             if pos > now.get(kind) {
@@ -123,7 +125,7 @@ impl SyncService {
             // record has it (writers publish after commit, and each stream's positions
             // commit in order), so read the committed positions: one query of four
             // index-only lookups buys read-your-writes across processes.
-            None => {
+            None if from_record => {
                 let maxes = self
                     .store
                     .select_stream_maxes()
@@ -133,6 +135,10 @@ impl SyncService {
                     raise(kind, ganglion_core::StreamPos(pos));
                 }
             }
+            // A long-poll needs no query: if a write main answered has not come round the
+            // bus yet, its entry wakes the poll moments later (and the replication check
+            // catches up from the record within a period if the bus lost it).
+            None => {}
         }
         Ok(now)
     }

@@ -87,8 +87,11 @@ pub async fn sync_events(
     let timeout = b.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut wakes = notifier.subscribe();
+    // Requests that answer at once read the committed positions (read-your-writes across
+    // processes); long-polls are woken by the bus instead.
+    let immediate = since.is_none() || b.full_state || timeout.is_zero();
     loop {
-        let now = sync.now().await?;
+        let now = sync.now(immediate).await?;
         // Never hand out a token below the client's: clamp each stream to what we know.
         let since_clamped = since.map(|s| s.min(&now));
         let outcome = sync

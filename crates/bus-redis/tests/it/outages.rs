@@ -39,16 +39,14 @@ async fn deleted_streams_report_gap_then_resume() {
     fx.delete_streams().await;
     let second = from("writer-a", entry(StreamKind::Events, 1, 2));
     publisher.publish(second.clone());
-    assert!(
-        matches!(next(&mut sub).await, Delivery::Gap),
-        "a deleted stream must be reported before what follows it"
-    );
-    // `second` itself follows the gap unless Redis gave it an id at or below the cursor
-    // (same millisecond as `first`); then the gap covers it. Either way delivery resumes.
+    // Nothing was lost here (`first` was read before the deletion), so the reader may or
+    // may not report a gap (it checks its cursors when a block ends empty and at most
+    // once a second while entries come); either way delivery resumes in order. A real
+    // loss shows in the next entry's `prev`, which readers check themselves.
     let third = from("writer-a", entry(StreamKind::Events, 2, 3));
     publisher.publish(third.clone());
     loop {
-        let e = next_entry(&mut sub).await;
+        let e = entry_skipping_gaps(&mut sub).await;
         assert!(*e == second || *e == third, "unexpected {e:?}");
         if *e == third {
             break;
@@ -58,7 +56,7 @@ async fn deleted_streams_report_gap_then_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trimmed_past_the_cursor_reports_gap() {
+async fn trimmed_past_the_cursor_then_resumes() {
     let fx = Fixture::new();
     let publisher = fx.bus("writer-a").await;
     let reader = fx.bus("reader").await;
@@ -78,9 +76,21 @@ async fn trimmed_past_the_cursor_reports_gap() {
     assert_eq!(trimmed, 1);
     let second = from("writer-a", entry(StreamKind::Typing, 1, 2));
     publisher.publish(second.clone());
-    assert!(matches!(next(&mut sub).await, Delivery::Gap));
-    assert_eq!(*next_entry(&mut sub).await, second);
+    // `second` came after the trim, so nothing was lost: it is delivered (a gap may or
+    // may not come first, depending on whether a cursor check ran in between).
+    assert_eq!(*entry_skipping_gaps(&mut sub).await, second);
     fx.cleanup().await;
+}
+
+/// The next entry, skipping gap reports.
+async fn entry_skipping_gaps(sub: &mut ganglion_bus::Subscription) -> Arc<Entry> {
+    loop {
+        match next(sub).await {
+            Delivery::Gap => {}
+            Delivery::Entry(e) => return e,
+            Delivery::Closed => panic!("closed"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
