@@ -22,6 +22,7 @@ pub mod events;
 mod migrate;
 pub mod receipts;
 pub mod rooms;
+pub mod server_keys;
 pub mod state;
 pub mod streams;
 pub mod user_data;

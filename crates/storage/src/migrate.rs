@@ -30,6 +30,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../../migrations/postgres/0003_cluster.sql"),
         include_str!("../../../migrations/sqlite/0003_cluster.sql"),
     ),
+    (
+        4,
+        "server_keys",
+        include_str!("../../../migrations/postgres/0004_server_keys.sql"),
+        include_str!("../../../migrations/sqlite/0004_server_keys.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.

@@ -64,7 +64,7 @@ impl Fixture {
         let store = Store::connect(&url, 4, Duration::from_secs(10))
             .await
             .unwrap();
-        assert_eq!(store.migrate().await.unwrap(), vec![1, 2, 3]);
+        assert_eq!(store.migrate().await.unwrap(), vec![1, 2, 3, 4]);
         assert!(
             store.migrate().await.unwrap().is_empty(),
             "migrations are idempotent"
