@@ -52,7 +52,7 @@ impl Client {
     pub fn new(base: &str) -> Client {
         Client {
             base: base.to_owned(),
-            http: reqwest::Client::builder()
+            http: crate::http()
                 .pool_max_idle_per_host(64)
                 .build()
                 .expect("client"),

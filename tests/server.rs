@@ -67,7 +67,11 @@ impl Worker {
     /// Prometheus metrics).
     pub async fn requests_served(&self, endpoint: &str) -> u64 {
         let Some(m) = &self.metrics else { return 0 };
-        let text = reqwest::get(format!("{m}/metrics"))
+        let text = crate::http()
+            .build()
+            .expect("http client")
+            .get(format!("{m}/metrics"))
+            .send()
             .await
             .expect("metrics")
             .text()
@@ -178,7 +182,31 @@ impl TestServer {
         rows.into_iter().map(|r| r.0).collect()
     }
 
+    /// Starts a federating server: its server name is `localhost:FEDPORT`, where FEDPORT
+    /// is its TLS federation listener (certificate `ca_dir/ganglion.pem`, made by
+    /// tests/federation/make-ca.sh), trusting only `ca_dir/ca.pem` outbound and allowed to
+    /// call loopback. Returns it and its server name.
+    pub async fn start_federating(backend: Backend, ca_dir: &Path) -> (TestServer, String) {
+        let fed_port = free_port();
+        let name = format!("localhost:{fed_port}");
+        let c = ca_dir.display();
+        let extra = format!(
+            "[federation]\nenabled = true\ntls_certificate_path = \"{c}/ganglion.pem\"\ntls_private_key_path = \"{c}/ganglion.key\"\nca_file = \"{c}/ca.pem\"\nallow_private_addresses = true\nrequest_timeout_secs = 10\n\n"
+        );
+        let srv = Self::start_full(backend, &extra, None, Some((&name, fed_port))).await;
+        (srv, name)
+    }
+
     async fn start_opts(backend: Backend, extra: &str, redis: Option<&str>) -> TestServer {
+        Self::start_full(backend, extra, redis, None).await
+    }
+
+    async fn start_full(
+        backend: Backend,
+        extra: &str,
+        redis: Option<&str>,
+        federation: Option<(&str, u16)>,
+    ) -> TestServer {
         let dir = std::env::temp_dir().join(unique("ganglion-it"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let port = free_port();
@@ -197,14 +225,20 @@ impl TestServer {
         };
         let has = |section: &str| extra.contains(&format!("[{section}]"));
         let internal_port = free_port();
+        let server_name =
+            federation.map_or_else(|| format!("localhost:{port}"), |(n, _)| n.to_owned());
+        let mut listeners = String::new();
+        if backend == Backend::Split {
+            listeners.push_str(&format!(
+                "x_forwarded = true\ninternal = \"127.0.0.1:{internal_port}\"\n"
+            ));
+        }
+        if let Some((_, fed_port)) = federation {
+            listeners.push_str(&format!("federation = \"127.0.0.1:{fed_port}\"\n"));
+        }
         let mut config = format!(
-            "[server]\nserver_name = \"localhost:{port}\"\ndata_dir = \"{}\"\n\n[listeners]\nclient = \"127.0.0.1:{main_port}\"\n{}\n[database]\nurl = \"{db_url}\"\n\n",
+            "[server]\nserver_name = \"{server_name}\"\ndata_dir = \"{}\"\n\n[listeners]\nclient = \"127.0.0.1:{main_port}\"\n{listeners}\n[database]\nurl = \"{db_url}\"\n\n",
             dir.display(),
-            if backend == Backend::Split {
-                format!("x_forwarded = true\ninternal = \"127.0.0.1:{internal_port}\"\n")
-            } else {
-                String::new()
-            },
         );
         if backend == Backend::Split {
             let redis = redis.map(str::to_owned).unwrap_or_else(|| {
@@ -345,7 +379,7 @@ impl TestServer {
             child,
             metrics: None,
         });
-        let http = reqwest::Client::new();
+        let http = crate::http().build().expect("http client");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !http
             .get(format!("{}/health", self.base))
@@ -434,7 +468,7 @@ impl TestServer {
             child,
             metrics: Some(format!("http://127.0.0.1:{metrics_port}")),
         };
-        let http = reqwest::Client::new();
+        let http = crate::http().build().expect("http client");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = http.get(format!("{}/health", worker.base)).send().await
@@ -453,7 +487,7 @@ impl TestServer {
 
     /// Waits until `/health` answers, or panics with the log.
     pub async fn wait_healthy(&mut self, limit: Duration) {
-        let http = reqwest::Client::new();
+        let http = crate::http().build().expect("http client");
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(r) = http.get(format!("{}/health", self.main_base)).send().await

@@ -54,7 +54,7 @@ async fn bad_input_gets_spec_errors(b: Backend) {
     // closes the connection, which a pooled client could trip over on its next request.
     let huge = vec![b'a'; 2 * 1024 * 1024];
     let mut lone = alice.clone();
-    lone.http = reqwest::Client::builder()
+    lone.http = ganglion_tests::http()
         .pool_max_idle_per_host(0)
         .build()
         .expect("client");
@@ -220,7 +220,7 @@ async fn per_ip_limits_follow_x_forwarded_for(b: Backend) {
     let mut srv = srv;
     srv.kill9();
     srv.spawn().await;
-    let http = reqwest::Client::new();
+    let http = ganglion_tests::http().build().expect("http client");
     let get = |ip: &'static str| {
         http.get(format!("{}/_matrix/client/versions", srv.base))
             .header("x-forwarded-for", format!("203.0.113.9, {ip}"))

@@ -35,7 +35,9 @@ async fn versions_and_errors(b: Backend) {
         .expect_err(401, "M_MISSING_TOKEN");
 
     // CORS preflight on any path.
-    let r = reqwest::Client::new()
+    let r = ganglion_tests::http()
+        .build()
+        .expect("http client")
         .request(
             Method::OPTIONS,
             format!("{}/_matrix/client/v3/sync", srv.base),

@@ -9,6 +9,7 @@ mod bad_input;
 mod crash;
 mod discovery;
 mod features;
+mod federation;
 mod operations;
 mod rooms;
 mod split;

@@ -28,7 +28,7 @@ async fn metrics_logs_and_graceful_shutdown(b: Backend) {
     let alice = srv.user("alice").await;
     let room = alice.create_room(json!({})).await;
     alice.send_text(&room, "counted").await;
-    let http = reqwest::Client::new();
+    let http = ganglion_tests::http().build().expect("http client");
     let metrics = http
         .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
         .send()

@@ -498,7 +498,7 @@ async fn a_worker_forwards_what_it_does_not_serve() {
         .find_map(|l| l.strip_prefix("internal = \""))
         .and_then(|l| l.strip_suffix('"'))
         .expect("internal listener");
-    let http = reqwest::Client::new();
+    let http = ganglion_tests::http().build().expect("http client");
     for secret in [None, Some("wrong-secret-0123456789")] {
         let mut req = http.get(format!(
             "http://{internal}/_matrix/client/v3/account/whoami"

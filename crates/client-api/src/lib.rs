@@ -44,6 +44,8 @@ pub struct ClientApi {
     pub message_limit: Arc<RateLimiter>,
     /// Room creations and joins per user.
     pub room_limit: Arc<RateLimiter>,
+    /// Other servers (remote profiles and aliases), when federation is on.
+    pub federation: Option<ganglion_federation::FederationClient>,
 }
 
 impl axum::extract::FromRef<ClientApi> for Rooms {

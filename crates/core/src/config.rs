@@ -32,6 +32,8 @@ pub struct Config {
     /// The processes of the split shape: instance names, the internal listener's secret,
     /// membership leases.
     pub cluster: ClusterConfig,
+    /// Federation (the Server-Server API).
+    pub federation: FederationConfig,
     /// Per-process sections, `[processes.<instance>]`: the role and listeners of the
     /// process started with that instance name (`--instance`, or `cluster.instance`).
     pub processes: std::collections::BTreeMap<String, ProcessConfig>,
@@ -66,6 +68,43 @@ impl Default for ClusterConfig {
             main_internal_url: None,
             heartbeat_ms: 1_000,
             lease_ms: 5_000,
+        }
+    }
+}
+
+/// `[federation]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Serve the Server-Server API on `listeners.federation` and talk to other servers.
+    pub enabled: bool,
+    /// PEM certificate chain of the federation listener (TLS is terminated here).
+    pub tls_certificate_path: Option<String>,
+    /// PEM private key of the federation listener.
+    pub tls_private_key_path: Option<String>,
+    /// Test mode: trust only the CA certificates in this PEM file for outbound requests
+    /// (instead of the system's roots).
+    pub ca_file: Option<String>,
+    /// Let outbound requests reach loopback, private and link-local addresses (off by
+    /// default, so that no remote server can make us call our own network).
+    pub allow_private_addresses: bool,
+    /// How long the keys we publish are valid, in seconds (remote servers cache them
+    /// that long).
+    pub key_valid_secs: u64,
+    /// Timeout of one outbound request, in seconds.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            tls_certificate_path: None,
+            tls_private_key_path: None,
+            ca_file: None,
+            allow_private_addresses: false,
+            key_valid_secs: 86_400,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -154,6 +193,8 @@ pub struct ListenersConfig {
     /// main's private listener for calls from workers (authenticated with
     /// `cluster.internal_secret`; never expose it publicly). Unset: off.
     pub internal: Option<SocketAddr>,
+    /// The federation listener (TLS; `federation.enabled`), e.g. `0.0.0.0:8448`.
+    pub federation: Option<SocketAddr>,
 }
 
 impl Default for ListenersConfig {
@@ -163,6 +204,7 @@ impl Default for ListenersConfig {
             metrics: None,
             x_forwarded: false,
             internal: None,
+            federation: None,
         }
     }
 }
@@ -382,6 +424,22 @@ impl Config {
                 "cluster.internal_secret",
                 "listeners.internal needs a secret of at least 16 characters",
             );
+        }
+        if self.federation.enabled {
+            if self.listeners.federation.is_none() {
+                return bad(
+                    "listeners.federation",
+                    "federation.enabled needs the federation listener",
+                );
+            }
+            if self.federation.tls_certificate_path.is_none()
+                || self.federation.tls_private_key_path.is_none()
+            {
+                return bad(
+                    "federation.tls_certificate_path",
+                    "the federation listener needs a certificate and its private key",
+                );
+            }
         }
         if let Some(url) = &self.cluster.main_internal_url {
             if !url.starts_with("http://") && !url.starts_with("https://") {

@@ -35,3 +35,17 @@ where
     }
     router
 }
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for path segments
+/// and query values of outbound requests).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

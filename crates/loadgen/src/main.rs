@@ -212,6 +212,8 @@ impl Ctx {
 }
 
 fn main() -> std::process::ExitCode {
+    // reqwest is built with rustls and no default provider (shared with the server).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -69,6 +69,8 @@ pub struct Server {
     pub internal: Option<Router>,
     /// What `/ready` checks.
     pub readiness: Readiness,
+    /// The federation routes and TLS configuration, when `federation.enabled`.
+    pub federation: Option<(Router, rustls::ServerConfig)>,
 }
 
 /// What `/ready` checks: the database answers, and replication is caught up (everything
@@ -109,6 +111,38 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         .map_err(|e| StartError::Config(format!("server.default_room_version: {e}")))?;
     let key = Arc::new(ServerKey::load_or_generate(&config.signing_key_path())?);
     tracing::info!(key_id = %key.key_id, "signing key loaded");
+    let federation_client = if config.federation.enabled {
+        Some(
+            ganglion_federation::FederationClient::new(
+                &config.federation,
+                key.clone(),
+                server_name.as_str(),
+            )
+            .map_err(StartError::Config)?,
+        )
+    } else {
+        None
+    };
+    let federation = match &federation_client {
+        Some(client) => {
+            let fed = &config.federation;
+            let tls = ganglion_federation::listener::tls_config(
+                fed.tls_certificate_path.as_deref().unwrap_or_default(),
+                fed.tls_private_key_path.as_deref().unwrap_or_default(),
+            )
+            .map_err(StartError::Config)?;
+            let api = ganglion_federation::FederationApi {
+                server_name: server_name.to_string(),
+                key: key.clone(),
+                keys: ganglion_federation::KeyRing::new(store.clone(), client.clone()),
+                store: store.clone(),
+                key_valid_ms: i64::try_from(fed.key_valid_secs.saturating_mul(1000))
+                    .unwrap_or(i64::MAX),
+            };
+            Some((ganglion_federation::router(api), tls))
+        }
+        None => None,
+    };
 
     let tasks = CancellationToken::new();
     let bus = match &config.bus.redis_url {
@@ -169,6 +203,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         }),
         message_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.message))),
         room_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.rooms))),
+        federation: federation_client,
     };
     let accounts = Accounts::new(
         store.clone(),
@@ -217,6 +252,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         bus: bus_handle,
         internal,
         readiness,
+        federation,
     })
 }
 
@@ -443,6 +479,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Option<(TcpListener, PrometheusHandle)>,
     internal: Option<TcpListener>,
+    federation_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Server {
@@ -454,6 +491,7 @@ pub async fn serve(
         bus,
         internal: internal_app,
         readiness,
+        federation,
         ..
     } = server;
     let stop = CancellationToken::new();
@@ -468,6 +506,14 @@ pub async fn serve(
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
         });
+    }
+    if let (Some(l), Some((router, tls))) = (federation_listener, federation) {
+        tokio::spawn(ganglion_federation::listener::serve(
+            l,
+            tls,
+            router,
+            stop.clone(),
+        ));
     }
     if let (Some(l), Some(internal_app)) = (internal, internal_app) {
         let stop = stop.clone();

@@ -5,11 +5,15 @@ use std::path::Path;
 
 use crate::{build_all, config, serve, telemetry, worker};
 
-/// glibc raises its mmap threshold to the largest block freed so far, so after the first
-/// 19 MiB argon2 buffer every later one comes from the heap and is never given back: RSS
-/// grew by 19 MiB per password hash until it plateaued near 1.5 GB under load. A fixed
-/// 1 MiB threshold keeps large buffers in mmap, returned to the system on free.
-pub fn tame_malloc() {
+/// What every binary does first, before any thread starts.
+///
+/// - Installs the one rustls crypto provider (ring) every TLS client and listener uses.
+/// - Fixes glibc's mmap threshold: glibc raises it to the largest block freed so far, so
+///   after the first 19 MiB argon2 buffer every later one came from the heap and was
+///   never given back (RSS grew by 19 MiB per password hash to a 1.5 GB plateau under
+///   load). At 1 MiB, large buffers stay in mmap and return to the system on free.
+pub fn init_process() {
+    ganglion_federation::client::install_crypto_provider();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator tuning; it is called before any thread starts.
     unsafe {
@@ -66,7 +70,7 @@ pub fn worker_main(role: Role, name: &str) -> std::process::ExitCode {
         },
     }
 
-    tame_malloc();
+    init_process();
     let Cli::Serve { config, instance } = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,6 +128,7 @@ pub async fn serve_role(
     let client_addr = cfg.listeners.client;
     let metrics_addr = cfg.listeners.metrics;
     let internal_addr = cfg.listeners.internal;
+    let federation_addr = cfg.listeners.federation.filter(|_| cfg.federation.enabled);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         role = role.name(),
@@ -172,6 +177,16 @@ pub async fn serve_role(
         }
         (None, _) => None,
     };
+    let federation = match (federation_addr, role) {
+        (Some(addr), Role::Main | Role::All) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            tracing::info!(%addr, "federation listening (TLS)");
+            Some(l)
+        }
+        _ => None,
+    };
     let metrics = match (metrics_addr, metrics_handle) {
         (Some(addr), Some(handle)) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -189,7 +204,15 @@ pub async fn serve_role(
         database = %database,
         "Ganglion listening"
     );
-    serve(server, listener, metrics, internal, shutdown_signal()).await?;
+    serve(
+        server,
+        listener,
+        metrics,
+        internal,
+        federation,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

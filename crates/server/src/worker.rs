@@ -136,5 +136,6 @@ pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server,
         bus,
         internal: None,
         readiness,
+        federation: None,
     })
 }

@@ -95,7 +95,7 @@ fn config_path(given: Option<PathBuf>) -> Result<PathBuf, config::ConfigError> {
 }
 
 fn main() -> ExitCode {
-    run::tame_malloc();
+    run::init_process();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,275 @@
+//! Federation: the TLS listener's own checks, and interop with a real Synapse (from PyPI,
+//! started by tests/synapse/start-synapse.sh in federation mode) on loopback with a test
+//! CA (tests/federation/make-ca.sh).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use ganglion_tests::{Backend, Client, TestServer, client::enc};
+use serde_json::{Value, json};
+
+fn repo_tests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A test CA with certificates for Ganglion and Synapse, shared by the run.
+fn test_ca() -> PathBuf {
+    let dir = std::env::temp_dir().join("ganglion-test-ca");
+    let ok = Command::new(repo_tests_dir().join("federation/make-ca.sh"))
+        .arg(&dir)
+        .args(["ganglion", "synapse"])
+        .status()
+        .expect("make-ca.sh");
+    assert!(ok.success(), "make-ca.sh failed");
+    dir
+}
+
+/// An HTTPS client trusting only the test CA.
+fn https(ca: &Path) -> reqwest::Client {
+    ganglion_federation::client::install_crypto_provider();
+    let pem = std::fs::read(ca.join("ca.pem")).expect("ca.pem");
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("ca");
+    ganglion_tests::http()
+        .tls_certs_only(certs)
+        .build()
+        .expect("client")
+}
+
+/// A Synapse federating on loopback, stopped when dropped.
+struct Synapse {
+    client: String,
+    server_name: String,
+    pid: u32,
+    _dir: PathBuf,
+}
+
+impl Synapse {
+    fn start(ca: &Path) -> Synapse {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("ganglion-synapse-{port}"));
+        let out = Command::new(repo_tests_dir().join("synapse/start-synapse.sh"))
+            .arg(port.to_string())
+            .arg(&dir)
+            .env("SYNAPSE_FEDERATION", "1")
+            .env("SYNAPSE_CA_DIR", ca)
+            .output()
+            .expect("start-synapse.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "Synapse did not start: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout.lines().last().expect("a status line");
+        let field = |k: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+                .to_owned()
+        };
+        Synapse {
+            client: field("client"),
+            server_name: field("server_name"),
+            pid: field("pid").parse().expect("pid"),
+            _dir: dir,
+        }
+    }
+
+    async fn user(&self, name: &str) -> Client {
+        Client::new(&self.client)
+            .register(&format!("{name}{}", rand::random::<u32>()), "password-123")
+            .await
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+    }
+}
+
+/// The federation listener serves our signed keys and the version, answers unknown
+/// endpoints 404 M_UNRECOGNIZED, and refuses queries that are unsigned, signed for
+/// another destination, signed with a key the origin does not publish, or forged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_checks_every_request() {
+    let ca = test_ca();
+    let (srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let http = https(&ca);
+    let base = format!("https://{name}");
+
+    let doc: Value = http
+        .get(format!("{base}/_matrix/key/v2/server"))
+        .send()
+        .await
+        .expect("keys")
+        .json()
+        .await
+        .expect("json");
+    let rows = ganglion_federation::keys::verify_key_document(&name, &doc)
+        .unwrap_or_else(|e| panic!("our key document does not verify: {e}"));
+    let key_id = rows[0].key_id.clone();
+    let v: Value = http
+        .get(format!("{base}/_matrix/federation/v1/version"))
+        .send()
+        .await
+        .expect("version")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["server"]["name"], "Ganglion");
+    let r = http
+        .get(format!("{base}/_matrix/federation/v1/no_such_thing"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["errcode"],
+        "M_UNRECOGNIZED"
+    );
+
+    let alice = srv.user("alice").await;
+    let user_id = alice.user_id.clone();
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        enc(&user_id)
+    );
+    let query = |auth: Option<String>| {
+        let mut req = http.get(format!("{base}{path}"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        async move {
+            let r = req.send().await.expect("answer");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, body) = query(None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED"))
+    );
+
+    // Another server's key, claiming to be us (a forged origin).
+    let dir = std::env::temp_dir().join(format!("ganglion-forger-{}", rand::random::<u32>()));
+    let forger = ganglion_rooms::ServerKey::load_or_generate(&dir.join("k").display().to_string())
+        .expect("key");
+    let sign = |origin: &str, dest: &str| {
+        ganglion_federation::xmatrix::sign(&forger.pair, origin, dest, "GET", &path, None)
+            .expect("sign")
+    };
+    let (status, body) = query(Some(sign(&name, &name))).await;
+    assert_eq!(status, 401, "a key we do not publish: {body}");
+    // Our real key id, a signature by another key.
+    let forged = sign(&name, &name).replace(&forger.key_id, &key_id);
+    let (status, body) = query(Some(forged)).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_INVALID_SIGNATURE")),
+        "{body}"
+    );
+    let (status, body) = query(Some(sign(&name, "elsewhere.example"))).await;
+    assert_eq!(status, 401, "another destination: {body}");
+    let (status, _) = query(Some("X-Matrix origin=".into())).await;
+    assert_eq!(status, 401, "a malformed header");
+    srv.cleanup().await;
+}
+
+/// Profiles and room aliases cross between Ganglion and Synapse in both directions: each
+/// side signs its queries, fetches and checks the other's keys over TLS with the test CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_and_aliases_cross_with_synapse() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+
+    let alice = srv.user("alice").await;
+    let alice_id = alice.user_id.clone();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice_id)),
+            json!({ "displayname": "Alice on Ganglion" }),
+        )
+        .await
+        .ok();
+    let bob = synapse.user("bob").await;
+    let bob_id = bob.user_id.clone();
+    assert!(
+        bob_id.ends_with(&format!(":{}", synapse.server_name)),
+        "{bob_id}"
+    );
+    bob.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob_id)),
+        json!({ "displayname": "Bob on Synapse" }),
+    )
+    .await
+    .ok();
+
+    // Ganglion → Synapse: our signed request; Synapse fetches our keys to check it.
+    let p = alice
+        .get(&format!("/_matrix/client/v3/profile/{}", enc(&bob_id)))
+        .await
+        .ok();
+    assert_eq!(p["displayname"], "Bob on Synapse");
+    // Synapse → Ganglion: we fetch Synapse's keys and check its signature.
+    let p = bob
+        .get(&format!("/_matrix/client/v3/profile/{}", enc(&alice_id)))
+        .await
+        .ok();
+    assert_eq!(p["displayname"], "Alice on Ganglion");
+    let f = bob
+        .get(&format!(
+            "/_matrix/client/v3/profile/{}/displayname",
+            enc(&alice_id)
+        ))
+        .await
+        .ok();
+    assert_eq!(f["displayname"], "Alice on Ganglion");
+    // An unknown user of ours is 404 on their side.
+    let missing = format!("@nobody:{name}");
+    let r = bob
+        .get(&format!("/_matrix/client/v3/profile/{}", enc(&missing)))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // Aliases, both ways.
+    let ours = format!("#g{}:{name}", rand::random::<u32>());
+    let localpart = ours[1..].split(':').next().expect("localpart").to_owned();
+    let room = alice
+        .create_room(json!({ "room_alias_name": localpart }))
+        .await;
+    let r = bob
+        .get(&format!("/_matrix/client/v3/directory/room/{}", enc(&ours)))
+        .await
+        .ok();
+    assert_eq!(r["room_id"], room.as_str());
+    let theirs_local = format!("s{}", rand::random::<u32>());
+    let theirs = format!("#{theirs_local}:{}", synapse.server_name);
+    let their_room = bob
+        .create_room(json!({ "room_alias_name": theirs_local }))
+        .await;
+    let r = alice
+        .get(&format!(
+            "/_matrix/client/v3/directory/room/{}",
+            enc(&theirs)
+        ))
+        .await
+        .ok();
+    assert_eq!(r["room_id"], their_room.as_str());
+    assert_eq!(r["servers"][0], synapse.server_name.as_str());
+    let r = alice
+        .get(&format!(
+            "/_matrix/client/v3/directory/room/{}",
+            enc(&format!("#nothing:{}", synapse.server_name))
+        ))
+        .await;
+    assert_eq!((r.status, r.errcode()), (404, "M_NOT_FOUND"), "{}", r.body);
+    srv.cleanup().await;
+}
