@@ -7,5 +7,8 @@ CREATE TABLE server_signing_keys (
     public_key TEXT NOT NULL,
     valid_until_ts BIGINT NOT NULL,
     fetched_ts BIGINT NOT NULL,
+    -- The whole signed key document the key came from: served again, with our signature
+    -- added, when we act as a notary (/_matrix/key/v2/query).
+    key_json TEXT NOT NULL,
     PRIMARY KEY (server_name, key_id)
 );

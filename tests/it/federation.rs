@@ -184,6 +184,7 @@ async fn the_listener_checks_every_request() {
 
 /// Profiles and room aliases cross between Ganglion and Synapse in both directions: each
 /// side signs its queries, fetches and checks the other's keys over TLS with the test CA.
+/// And Ganglion, as a notary, serves Synapse's key document with its own signature added.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_and_aliases_cross_with_synapse() {
     let ca = test_ca();
@@ -239,14 +240,54 @@ async fn profiles_and_aliases_cross_with_synapse() {
         .await;
     assert_eq!(r.status, 404, "{}", r.body);
 
+    // As a notary we serve Synapse's keys (fetched for the queries above), countersigned.
+    let http = https(&ca);
+    let ours: Value = http
+        .get(format!("https://{name}/_matrix/key/v2/server"))
+        .send()
+        .await
+        .expect("keys")
+        .json()
+        .await
+        .expect("json");
+    let our_keys = ganglion_federation::keys::verify_key_document(&name, &ours).expect("ours");
+    for req in [
+        http.get(format!(
+            "https://{name}/_matrix/key/v2/query/{}",
+            synapse.server_name
+        )),
+        http.post(format!("https://{name}/_matrix/key/v2/query"))
+            .json(&json!({ "server_keys": { &synapse.server_name: {} } })),
+    ] {
+        let v: Value = req
+            .send()
+            .await
+            .expect("notary")
+            .json()
+            .await
+            .expect("json");
+        let doc = &v["server_keys"][0];
+        ganglion_federation::keys::verify_key_document(&synapse.server_name, doc)
+            .unwrap_or_else(|e| panic!("Synapse's own signature: {e}: {v}"));
+        ganglion_federation::keys::verify_notarised(doc, &name, &our_keys)
+            .unwrap_or_else(|e| panic!("our countersignature: {e}: {v}"));
+    }
+
     // Aliases, both ways.
-    let ours = format!("#g{}:{name}", rand::random::<u32>());
-    let localpart = ours[1..].split(':').next().expect("localpart").to_owned();
+    let our_alias = format!("#g{}:{name}", rand::random::<u32>());
+    let localpart = our_alias[1..]
+        .split(':')
+        .next()
+        .expect("localpart")
+        .to_owned();
     let room = alice
         .create_room(json!({ "room_alias_name": localpart }))
         .await;
     let r = bob
-        .get(&format!("/_matrix/client/v3/directory/room/{}", enc(&ours)))
+        .get(&format!(
+            "/_matrix/client/v3/directory/room/{}",
+            enc(&our_alias)
+        ))
         .await
         .ok();
     assert_eq!(r["room_id"], room.as_str());

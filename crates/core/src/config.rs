@@ -93,6 +93,24 @@ pub struct FederationConfig {
     pub key_valid_secs: u64,
     /// Timeout of one outbound request, in seconds.
     pub request_timeout_secs: u64,
+    /// Notaries asked for a server's keys when the server itself cannot be reached
+    /// (`/_matrix/key/v2/query`). Empty by default: no third party is trusted unless named.
+    pub trusted_key_servers: Vec<String>,
+    /// Keys this server signed with before a rotation, still published as
+    /// `old_verify_keys` so that what they signed stays verifiable:
+    /// `[federation.old_signing_keys."ed25519:abc"]` with `key` (unpadded base64 public
+    /// key) and `expired_ts` (ms).
+    pub old_signing_keys: std::collections::BTreeMap<String, OldSigningKey>,
+}
+
+/// A retired signing key (`[federation.old_signing_keys."<key id>"]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OldSigningKey {
+    /// The public key, unpadded base64.
+    pub key: String,
+    /// When it stopped being used (ms since the epoch).
+    pub expired_ts: i64,
 }
 
 impl Default for FederationConfig {
@@ -105,6 +123,8 @@ impl Default for FederationConfig {
             allow_private_addresses: false,
             key_valid_secs: 86_400,
             request_timeout_secs: 30,
+            trusted_key_servers: Vec::new(),
+            old_signing_keys: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -438,6 +458,19 @@ impl Config {
                 return bad(
                     "federation.tls_certificate_path",
                     "the federation listener needs a certificate and its private key",
+                );
+            }
+        }
+        for name in &self.federation.trusted_key_servers {
+            if ruma::ServerName::parse(name).is_err() {
+                return bad("federation.trusted_key_servers", "not a server name");
+            }
+        }
+        for (id, k) in &self.federation.old_signing_keys {
+            if !id.starts_with("ed25519:") || k.key.is_empty() {
+                return bad(
+                    "federation.old_signing_keys",
+                    "keys are \"ed25519:<version>\" = { key = \"<base64>\", expired_ts = <ms> }",
                 );
             }
         }

@@ -2,9 +2,11 @@
 //! publish, and the key ring that fetches, verifies, caches and expires remote keys.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
+
+use ganglion_core::config::OldSigningKey;
 
 use ganglion_core::time::now_ms;
 use ganglion_rooms::ServerKey;
@@ -17,22 +19,42 @@ use serde_json::{Value, json};
 
 use crate::client::{FedError, FederationClient};
 
-/// Our key document for `/_matrix/key/v2/server`, signed by every key in it.
-pub fn publish(key: &ServerKey, server_name: &str, valid_for_ms: i64) -> Value {
+/// Our key document for `/_matrix/key/v2/server`: the current key, the retired ones
+/// (`old_verify_keys`), signed by the current key.
+pub fn publish(
+    key: &ServerKey,
+    server_name: &str,
+    valid_for_ms: i64,
+    old: &BTreeMap<String, OldSigningKey>,
+) -> Value {
+    let old_keys: serde_json::Map<String, Value> = old
+        .iter()
+        .map(|(id, k)| {
+            (
+                id.clone(),
+                json!({ "key": k.key, "expired_ts": k.expired_ts }),
+            )
+        })
+        .collect();
     let doc = json!({
         "server_name": server_name,
         "verify_keys": { &key.key_id: { "key": &key.public_base64 } },
-        "old_verify_keys": {},
+        "old_verify_keys": old_keys,
         "valid_until_ts": now_ms() + valid_for_ms,
     });
+    countersign(key, server_name, &doc).unwrap_or(doc)
+}
+
+/// `doc` with our signature added to the signatures it has.
+pub fn countersign(key: &ServerKey, server_name: &str, doc: &Value) -> Option<Value> {
     let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(doc.clone()) else {
-        return doc;
+        return None;
     };
     match ruma::signatures::sign_json(server_name, &key.pair, &mut obj) {
-        Ok(()) => serde_json::to_value(&obj).unwrap_or(doc),
+        Ok(()) => serde_json::to_value(&obj).ok(),
         Err(e) => {
-            tracing::error!(error = %e, "cannot sign our key document");
-            doc
+            tracing::error!(error = %e, "cannot sign a key document");
+            None
         }
     }
 }
@@ -44,22 +66,50 @@ struct Known {
     valid_until_ts: i64,
 }
 
-/// Remote servers' keys: memory, then the database, then the server itself.
+/// Remote servers' keys: memory, then the database, then the server itself, then the
+/// trusted notaries.
 #[derive(Clone, Debug)]
 pub struct KeyRing {
     store: Store,
     client: FederationClient,
+    notaries: Arc<[String]>,
     cache: Arc<Mutex<HashMap<(String, String), Known>>>,
 }
 
 impl KeyRing {
-    /// A key ring fetching with `client`.
-    pub fn new(store: Store, client: FederationClient) -> KeyRing {
+    /// A key ring fetching with `client`, falling back to `notaries`.
+    pub fn new(store: Store, client: FederationClient, notaries: Vec<String>) -> KeyRing {
         KeyRing {
             store,
             client,
+            notaries: notaries.into(),
             cache: Arc::default(),
         }
+    }
+
+    /// The signed key documents we hold for `server` that are valid until at least
+    /// `min_valid_until` (fetching afresh if none is), as a notary serves them.
+    pub async fn documents(&self, server: &str, min_valid_until: i64) -> Vec<Value> {
+        let mut docs: Vec<Value> = Vec::new();
+        if let Ok(rows) = self.store.select_server_keys(server).await {
+            for r in rows.iter().filter(|r| r.valid_until_ts >= min_valid_until) {
+                if let Ok(v) = serde_json::from_str::<Value>(&r.key_json)
+                    && v.get("valid_until_ts").and_then(Value::as_i64) == Some(r.valid_until_ts)
+                    && !docs.contains(&v)
+                {
+                    docs.push(v);
+                }
+            }
+        }
+        if docs.is_empty()
+            && let Ok(rows) = self.fetch(server).await
+            && let Some(v) = rows
+                .first()
+                .and_then(|r| serde_json::from_str::<Value>(&r.key_json).ok())
+        {
+            docs.push(v);
+        }
+        docs
     }
 
     /// The public key (unpadded base64) of `server`'s `key_id`, valid at `at_ms`.
@@ -104,17 +154,102 @@ impl KeyRing {
         }
     }
 
-    /// Fetches `server`'s key document directly, checks it (its name, each current key's
-    /// self-signature, a validity in the future) and stores what it holds.
+    /// Fetches `server`'s key document directly (else through the notaries), checks it
+    /// (its name, each current key's self-signature, a validity in the future, and the
+    /// notary's signature) and stores what it holds.
     pub async fn fetch(&self, server: &str) -> Result<Vec<ServerKeyRow>, FedError> {
-        let doc = self.client.get(server, "/_matrix/key/v2/server").await?;
-        let rows = verify_key_document(server, &doc)?;
+        let direct = async {
+            let doc = self.client.get(server, "/_matrix/key/v2/server").await?;
+            verify_key_document(server, &doc)
+        }
+        .await;
+        let rows = match direct {
+            Ok(rows) => rows,
+            Err(e) => {
+                let mut found = None;
+                for notary in self.notaries.iter().filter(|n| n.as_str() != server) {
+                    match self.fetch_via(notary, server).await {
+                        Ok(rows) => {
+                            found = Some(rows);
+                            break;
+                        }
+                        Err(ne) => {
+                            tracing::warn!(%server, %notary, error = %ne, "notary could not vouch for the keys");
+                        }
+                    }
+                }
+                found.ok_or(e)?
+            }
+        };
         if let Err(e) = self.store.upsert_server_keys(&rows).await {
             tracing::warn!(%server, error = %e, "could not store fetched server keys");
         }
         tracing::info!(%server, keys = rows.len(), "fetched and verified server keys");
         Ok(rows)
     }
+
+    /// Asks `notary` for `server`'s keys; the notary's own key is fetched directly.
+    async fn fetch_via(&self, notary: &str, server: &str) -> Result<Vec<ServerKeyRow>, FedError> {
+        let body = json!({ "server_keys": { server: {} } });
+        let answer = self
+            .client
+            .request(
+                reqwest::Method::POST,
+                notary,
+                "/_matrix/key/v2/query",
+                Some(&body),
+            )
+            .await?;
+        let notary_doc = self.client.get(notary, "/_matrix/key/v2/server").await?;
+        let notary_keys = verify_key_document(notary, &notary_doc)?;
+        let docs = answer
+            .get("server_keys")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for doc in docs {
+            if doc.get("server_name").and_then(Value::as_str) != Some(server) {
+                continue;
+            }
+            if verify_notarised(&doc, notary, &notary_keys).is_ok()
+                && let Ok(rows) = verify_key_document(server, &doc)
+            {
+                return Ok(rows);
+            }
+        }
+        Err(FedError::BadResponse {
+            destination: notary.to_owned(),
+            reason: format!("no document for {server} that both it and the notary signed"),
+        })
+    }
+}
+
+/// Checks that `notary` (whose verified keys are `notary_keys`) signed `doc`.
+pub fn verify_notarised(
+    doc: &Value,
+    notary: &str,
+    notary_keys: &[ServerKeyRow],
+) -> Result<(), String> {
+    let Ok(CanonicalJsonValue::Object(mut obj)) = CanonicalJsonValue::try_from(doc.clone()) else {
+        return Err("not canonical JSON".into());
+    };
+    // Keep only the notary's signatures: verify_json checks every server it finds (and
+    // passes when it finds none).
+    match obj.get_mut("signatures") {
+        Some(CanonicalJsonValue::Object(sigs)) if sigs.contains_key(notary) => {
+            sigs.retain(|k, _| k == notary);
+        }
+        _ => return Err(format!("{notary} did not sign it")),
+    }
+    let mut set = PublicKeySet::new();
+    for k in notary_keys {
+        if let Ok(b) = ruma::serde::Base64::parse(&k.public_key) {
+            set.insert(k.key_id.clone(), b);
+        }
+    }
+    let mut map = PublicKeyMap::new();
+    map.insert(notary.to_owned(), set);
+    ruma::signatures::verify_json(&map, &obj).map_err(|e| e.to_string())
 }
 
 /// Checks a key document from `server` and returns its keys as rows.
@@ -154,6 +289,7 @@ pub fn verify_key_document(server: &str, doc: &Value) -> Result<Vec<ServerKeyRow
             public_key: public.to_owned(),
             valid_until_ts: valid_until,
             fetched_ts: now,
+            key_json: doc.to_string(),
         });
     }
     let Ok(CanonicalJsonValue::Object(obj)) = CanonicalJsonValue::try_from(doc.clone()) else {
@@ -169,10 +305,12 @@ pub fn verify_key_document(server: &str, doc: &Value) -> Result<Vec<ServerKeyRow
         map.insert(server.to_owned(), only);
         let mut signed = obj.clone();
         // verify_json checks every signature of the server it finds: keep just this one.
-        if let Some(CanonicalJsonValue::Object(sigs)) = signed.get_mut("signatures")
-            && let Some(CanonicalJsonValue::Object(mine)) = sigs.get_mut(server)
-        {
-            mine.retain(|k, _| k == id);
+        if let Some(CanonicalJsonValue::Object(sigs)) = signed.get_mut("signatures") {
+            // A notary's signature next to the server's is checked elsewhere.
+            sigs.retain(|k, _| k == server);
+            if let Some(CanonicalJsonValue::Object(mine)) = sigs.get_mut(server) {
+                mine.retain(|k, _| k == id);
+            }
         }
         ruma::signatures::verify_json(&map, &signed)
             .map_err(|e| bad(&format!("{id} did not sign it: {e}")))?;
@@ -190,6 +328,7 @@ pub fn verify_key_document(server: &str, doc: &Value) -> Result<Vec<ServerKeyRow
                     public_key: public.to_owned(),
                     valid_until_ts: expired,
                     fetched_ts: now,
+                    key_json: doc.to_string(),
                 });
             }
         }
@@ -208,7 +347,7 @@ mod tests {
     #[test]
     fn our_document_verifies_and_tampering_is_caught() {
         let k = key();
-        let doc = publish(&k, "ours.test", 3_600_000);
+        let doc = publish(&k, "ours.test", 3_600_000, &BTreeMap::new());
         let rows = verify_key_document("ours.test", &doc).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].key_id, k.key_id);
@@ -221,7 +360,7 @@ mod tests {
             verify_key_document("ours.test", &forged).is_err(),
             "signature"
         );
-        let expired = publish(&k, "ours.test", -1000);
+        let expired = publish(&k, "ours.test", -1000, &BTreeMap::new());
         assert!(
             verify_key_document("ours.test", &expired).is_err(),
             "expired"
@@ -232,6 +371,54 @@ mod tests {
         assert!(
             verify_key_document("ours.test", &swapped).is_err(),
             "swapped key"
+        );
+    }
+
+    #[test]
+    fn old_keys_are_published_and_kept_with_their_expiry() {
+        let k = key();
+        let retired = key();
+        let mut old = BTreeMap::new();
+        old.insert(
+            retired.key_id.clone(),
+            OldSigningKey {
+                key: retired.public_base64.clone(),
+                expired_ts: 1_700_000_000_000,
+            },
+        );
+        let doc = publish(&k, "ours.test", 3_600_000, &old);
+        let rows = verify_key_document("ours.test", &doc).unwrap_or_else(|e| panic!("{e}"));
+        let old_row = rows
+            .iter()
+            .find(|r| r.key_id == retired.key_id)
+            .unwrap_or_else(|| panic!("old key missing: {doc}"));
+        assert_eq!(old_row.valid_until_ts, 1_700_000_000_000);
+        assert_eq!(old_row.public_key, retired.public_base64);
+    }
+
+    #[test]
+    fn a_notarised_document_needs_the_notary_signature() {
+        let origin = key();
+        let notary = key();
+        let doc = publish(&origin, "origin.test", 3_600_000, &BTreeMap::new());
+        let notary_rows = verify_key_document(
+            "notary.test",
+            &publish(&notary, "notary.test", 3_600_000, &BTreeMap::new()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            verify_notarised(&doc, "notary.test", &notary_rows).is_err(),
+            "unsigned by the notary"
+        );
+        let signed = countersign(&notary, "notary.test", &doc).unwrap_or_else(|| panic!("signs"));
+        verify_notarised(&signed, "notary.test", &notary_rows).unwrap_or_else(|e| panic!("{e}"));
+        // The origin's own signature still verifies after the notary's was added.
+        verify_key_document("origin.test", &signed).unwrap_or_else(|e| panic!("{e}"));
+        let other = key();
+        let by_other = countersign(&other, "notary.test", &doc).unwrap_or_else(|| panic!("signs"));
+        assert!(
+            verify_notarised(&by_other, "notary.test", &notary_rows).is_err(),
+            "wrong notary key"
         );
     }
 }

@@ -32,6 +32,8 @@ pub struct FederationApi {
     pub store: Store,
     /// How long our published keys are valid (ms).
     pub key_valid_ms: i64,
+    /// Our retired keys.
+    pub old_keys: std::collections::BTreeMap<String, ganglion_core::config::OldSigningKey>,
 }
 
 /// The federation routes (the listener adds the 404 `M_UNRECOGNIZED` fallback).
@@ -39,6 +41,11 @@ pub fn router(api: FederationApi) -> Router {
     Router::new()
         .route("/_matrix/key/v2/server", get(server_keys))
         .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
+        .route("/_matrix/key/v2/query", axum::routing::post(query_keys))
+        .route(
+            "/_matrix/key/v2/query/{server_name}",
+            get(query_server_keys),
+        )
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/query/profile", get(query_profile))
         .route(
@@ -49,7 +56,80 @@ pub fn router(api: FederationApi) -> Router {
 }
 
 async fn server_keys(State(api): State<FederationApi>) -> Json<Value> {
-    Json(keys::publish(&api.key, &api.server_name, api.key_valid_ms))
+    Json(keys::publish(
+        &api.key,
+        &api.server_name,
+        api.key_valid_ms,
+        &api.old_keys,
+    ))
+}
+
+/// The notary: key documents of `server` valid until at least `min`, each with our
+/// signature added. Our own document for our own name.
+async fn notarise(api: &FederationApi, server: &str, min: i64) -> Vec<Value> {
+    if server == api.server_name {
+        return vec![keys::publish(
+            &api.key,
+            &api.server_name,
+            api.key_valid_ms,
+            &api.old_keys,
+        )];
+    }
+    if ruma::ServerName::parse(server).is_err() {
+        return Vec::new();
+    }
+    api.keys
+        .documents(server, min)
+        .await
+        .iter()
+        .filter_map(|d| keys::countersign(&api.key, &api.server_name, d))
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+struct MinValid {
+    minimum_valid_until_ts: Option<i64>,
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}`.
+async fn query_server_keys(
+    State(api): State<FederationApi>,
+    axum::extract::Path(server): axum::extract::Path<String>,
+    Query(q): Query<MinValid>,
+) -> Json<Value> {
+    let min = q.minimum_valid_until_ts.unwrap_or_else(now_ms);
+    Json(json!({ "server_keys": notarise(&api, &server, min).await }))
+}
+
+/// Most servers one notary query may ask about.
+const MAX_NOTARY_SERVERS: usize = 100;
+
+/// `POST /_matrix/key/v2/query`.
+async fn query_keys(
+    State(api): State<FederationApi>,
+    raw: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Value = serde_json::from_slice(&raw)
+        .map_err(|_| Error::new(ErrorKind::NotJson, "the body is not JSON"))?;
+    let wanted = body
+        .get("server_keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::bad_json("server_keys must be an object"))?;
+    if wanted.len() > MAX_NOTARY_SERVERS {
+        return Err(Error::new(ErrorKind::TooLarge, "too many servers in one query").into());
+    }
+    let mut out = Vec::new();
+    for (server, key_ids) in wanted {
+        let min = key_ids
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|c| c.get("minimum_valid_until_ts").and_then(Value::as_i64))
+            .max()
+            .unwrap_or_else(now_ms);
+        out.extend(notarise(&api, server, min).await);
+    }
+    Ok(Json(json!({ "server_keys": out })))
 }
 
 async fn version() -> Json<Value> {

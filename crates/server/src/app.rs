@@ -134,10 +134,15 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
             let api = ganglion_federation::FederationApi {
                 server_name: server_name.to_string(),
                 key: key.clone(),
-                keys: ganglion_federation::KeyRing::new(store.clone(), client.clone()),
+                keys: ganglion_federation::KeyRing::new(
+                    store.clone(),
+                    client.clone(),
+                    fed.trusted_key_servers.clone(),
+                ),
                 store: store.clone(),
                 key_valid_ms: i64::try_from(fed.key_valid_secs.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
+                old_keys: fed.old_signing_keys.clone(),
             };
             Some((ganglion_federation::router(api), tls))
         }

@@ -15,6 +15,8 @@ pub struct ServerKeyRow {
     pub valid_until_ts: i64,
     /// When we fetched it (ms).
     pub fetched_ts: i64,
+    /// The signed key document it came from.
+    pub key_json: String,
 }
 
 impl Store {
@@ -26,16 +28,17 @@ impl Store {
         let mut tx = self.begin("upsert_server_keys").await?;
         for k in keys {
             sqlx::query(
-                "INSERT INTO server_signing_keys (server_name, key_id, public_key, valid_until_ts, fetched_ts)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO server_signing_keys (server_name, key_id, public_key, valid_until_ts, fetched_ts, key_json)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (server_name, key_id) DO UPDATE SET
-                     public_key = $3, valid_until_ts = $4, fetched_ts = $5",
+                     public_key = $3, valid_until_ts = $4, fetched_ts = $5, key_json = $6",
             )
             .bind(&k.server_name)
             .bind(&k.key_id)
             .bind(&k.public_key)
             .bind(k.valid_until_ts)
             .bind(k.fetched_ts)
+            .bind(&k.key_json)
             .execute(tx.conn())
             .await?;
         }
@@ -44,8 +47,8 @@ impl Store {
 
     /// Every stored key of a server.
     pub async fn select_server_keys(&self, server_name: &str) -> Result<Vec<ServerKeyRow>> {
-        let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT server_name, key_id, public_key, valid_until_ts, fetched_ts
+        let rows: Vec<(String, String, String, i64, i64, String)> = sqlx::query_as(
+            "SELECT server_name, key_id, public_key, valid_until_ts, fetched_ts, key_json
              FROM server_signing_keys WHERE server_name = $1 ORDER BY key_id",
         )
         .bind(server_name)
@@ -59,6 +62,7 @@ impl Store {
                 public_key: r.2,
                 valid_until_ts: r.3,
                 fetched_ts: r.4,
+                key_json: r.5,
             })
             .collect())
     }
