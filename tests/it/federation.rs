@@ -314,3 +314,72 @@ async fn profiles_and_aliases_cross_with_synapse() {
     assert_eq!((r.status, r.errcode()), (404, "M_NOT_FOUND"), "{}", r.body);
     srv.cleanup().await;
 }
+
+/// `ganglion rotate-signing-key`: a new key signs from then on, and the old one stays
+/// published in `old_verify_keys` (with its expiry) once its printed entry is added to
+/// the configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_stays_published_as_old() {
+    let ca = test_ca();
+    let (mut srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let http = https(&ca);
+    let fetch = || async {
+        let doc: Value = http
+            .get(format!("https://{name}/_matrix/key/v2/server"))
+            .send()
+            .await
+            .expect("keys")
+            .json()
+            .await
+            .expect("json");
+        doc
+    };
+    let before = fetch().await;
+    let old_id = before["verify_keys"]
+        .as_object()
+        .and_then(|k| k.keys().next().cloned())
+        .expect("a key");
+    srv.stop();
+    let out = Command::new(ganglion_tests::server::binary())
+        .args(["rotate-signing-key", "--config"])
+        .arg(&srv.config_path)
+        .output()
+        .expect("rotate-signing-key");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snippet = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(snippet.contains(&old_id), "{snippet}");
+    let mut cfg = std::fs::read_to_string(&srv.config_path).expect("config");
+    cfg.push('\n');
+    cfg.push_str(&snippet);
+    std::fs::write(&srv.config_path, cfg).expect("config");
+    srv.spawn().await;
+
+    let after = fetch().await;
+    let rows = ganglion_federation::keys::verify_key_document(&name, &after)
+        .unwrap_or_else(|e| panic!("{e}: {after}"));
+    let new_id = after["verify_keys"]
+        .as_object()
+        .and_then(|k| k.keys().next().cloned())
+        .expect("a key");
+    assert_ne!(new_id, old_id, "a new key signs now");
+    let old = rows
+        .iter()
+        .find(|r| r.key_id == old_id)
+        .expect("old key published");
+    assert_eq!(
+        old.public_key,
+        before["verify_keys"][&old_id]["key"].as_str().expect("key")
+    );
+    assert!(old.valid_until_ts <= ganglion_tests_now_ms());
+    srv.cleanup().await;
+}
+
+fn ganglion_tests_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

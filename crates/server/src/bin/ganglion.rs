@@ -71,6 +71,15 @@ enum Command {
         #[arg(long)]
         tls_secret: Option<String>,
     },
+    /// Rotates the server's signing key: keeps the current key file as
+    /// `<path>.retired-<version>`, creates a new key, and prints the
+    /// `[federation.old_signing_keys]` entry to add to the configuration so that what the
+    /// old key signed stays verifiable. Restart every process afterwards.
+    RotateSigningKey {
+        /// The configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Applies database migrations and exits.
     Migrate {
         /// The configuration file.
@@ -175,6 +184,28 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 _ => return Err("--format: nginx (with --listen and --main) or ingress".into()),
             };
             std::io::Write::write_all(&mut std::io::stdout(), conf.as_bytes())?;
+            Ok(())
+        }
+        Command::RotateSigningKey { config: path } => {
+            let path = config_path(path)?;
+            let cfg = config::load(Some(&path))?;
+            let key_path = cfg.signing_key_path();
+            let old = ganglion_rooms::ServerKey::load_or_generate(&key_path)?;
+            let version = old.key_id.trim_start_matches("ed25519:").to_owned();
+            let retired = format!("{key_path}.retired-{version}");
+            std::fs::rename(&key_path, &retired)
+                .map_err(|e| format!("cannot move {key_path} to {retired}: {e}"))?;
+            let new = ganglion_rooms::ServerKey::load_or_generate(&key_path)?;
+            let now = ganglion_core::time::now_ms();
+            eprintln!(
+                "new signing key {} in {key_path}; the old one is kept in {retired}",
+                new.key_id
+            );
+            let snippet = format!(
+                "[federation.old_signing_keys.\"{}\"]\nkey = \"{}\"\nexpired_ts = {now}\n",
+                old.key_id, old.public_base64
+            );
+            std::io::Write::write_all(&mut std::io::stdout(), snippet.as_bytes())?;
             Ok(())
         }
         Command::Migrate { config: path } => {
