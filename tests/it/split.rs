@@ -408,6 +408,12 @@ async fn a_worker_joins_and_one_leaves_under_load() {
             60 => {
                 let status = srv.remove_sync_worker(0).expect("sync-1 stopped");
                 assert!(status.success(), "sync-1 shut down cleanly: {status}");
+                // A clean leave drops the lease at once (leases here last 2 s).
+                let now = srv.query_strings(members).await;
+                assert!(
+                    !now.contains(&"sync-1".to_owned()),
+                    "sync-1 still a member: {now:?}"
+                );
             }
             _ => {}
         }

@@ -71,6 +71,9 @@ pub struct Server {
     pub readiness: Readiness,
     /// The federation routes and TLS configuration, when `federation.enabled`.
     pub federation: Option<(Router, rustls::ServerConfig)>,
+    /// This process's membership of its role (left on shutdown, before the database
+    /// closes).
+    pub membership: Option<ganglion_cluster::Membership>,
 }
 
 /// What `/ready` checks: the database answers, and replication is caught up (everything
@@ -258,6 +261,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         internal,
         readiness,
         federation,
+        membership: None,
     })
 }
 
@@ -497,6 +501,7 @@ pub async fn serve(
         internal: internal_app,
         readiness,
         federation,
+        membership,
         ..
     } = server;
     let stop = CancellationToken::new();
@@ -556,6 +561,10 @@ pub async fn serve(
     let t = std::time::Instant::now();
     tasks.cancel();
     let _ = tokio::time::timeout(grace, persister_task).await;
+    if let Some(m) = membership {
+        // The lease is dropped with the database still open.
+        let _ = tokio::time::timeout(grace, m.left()).await;
+    }
     tracing::info!(
         elapsed_ms = t.elapsed().as_millis() as u64,
         "background tasks stopped; queued events written"

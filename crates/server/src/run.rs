@@ -148,8 +148,9 @@ pub async fn serve_role(
         }
         Role::Sync => worker::build_sync_worker(cfg, &instance).await?,
     };
+    let mut server = server;
     let c = &server.config.cluster;
-    ganglion_cluster::Membership::join(
+    let membership = ganglion_cluster::Membership::join(
         server.store.clone(),
         ganglion_cluster::Settings {
             role: role.name().into(),
@@ -160,6 +161,7 @@ pub async fn serve_role(
         server.tasks.clone(),
     )
     .await?;
+    server.membership = Some(membership);
     let listener = tokio::net::TcpListener::bind(client_addr)
         .await
         .map_err(|e| format!("cannot listen on {client_addr}: {e}"))?;

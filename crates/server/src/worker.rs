@@ -137,5 +137,6 @@ pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server,
         internal: None,
         readiness,
         federation: None,
+        membership: None,
     })
 }
