@@ -383,3 +383,87 @@ fn ganglion_tests_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// A Synapse user joins a public room on Ganglion by alias: Synapse resolves the alias
+/// (query/directory), asks for a join template (make_join) and sends the signed join
+/// (send_join v2); Ganglion checks the signature, hash and auth rules, persists the join
+/// and answers with the room's state and auth chain, which Synapse checks and adopts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_user_joins_a_ganglion_room() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let alice = srv.user("alice").await;
+    let local = format!("pub{}", rand::random::<u32>());
+    let room = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "room_alias_name": local,
+            "name": "Ganglion's room",
+            "topic": "federated",
+        }))
+        .await;
+    let bob = synapse.user("bob").await;
+    let joined = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        joined.status, 200,
+        "Synapse could not join: {}",
+        joined.body
+    );
+    assert_eq!(joined.body["room_id"], room.as_str());
+
+    // Ganglion has bob as a member.
+    let members = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await
+        .ok();
+    assert!(
+        members["joined"].get(&bob.user_id).is_some(),
+        "bob is not a member on Ganglion: {members}"
+    );
+    // Synapse adopted the room's state from our answer.
+    let name_ev = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+            enc(&room)
+        ))
+        .await
+        .ok();
+    assert_eq!(name_ev["name"], "Ganglion's room");
+    let their_members = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await
+        .ok();
+    assert!(
+        their_members["joined"].get(&alice.user_id).is_some(),
+        "Synapse does not see alice: {their_members}"
+    );
+
+    // A join for a user of another server, or for a room that is not public, is refused.
+    let http = https(&ca);
+    let r = http
+        .get(format!(
+            "https://{name}/_matrix/federation/v1/make_join/{}/{}?ver=10",
+            enc(&room),
+            enc(&bob.user_id)
+        ))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 401, "unsigned make_join");
+    srv.cleanup().await;
+}

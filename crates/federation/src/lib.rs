@@ -14,6 +14,7 @@
 pub mod client;
 pub mod keys;
 pub mod listener;
+pub mod pdu;
 pub mod server;
 pub mod xmatrix;
 

@@ -34,6 +34,8 @@ pub struct FederationApi {
     pub key_valid_ms: i64,
     /// Our retired keys.
     pub old_keys: std::collections::BTreeMap<String, ganglion_core::config::OldSigningKey>,
+    /// Rooms (joins through us).
+    pub rooms: ganglion_rooms::Rooms,
 }
 
 /// The federation routes (the listener adds the 404 `M_UNRECOGNIZED` fallback).
@@ -51,6 +53,14 @@ pub fn router(api: FederationApi) -> Router {
         .route(
             "/_matrix/federation/v1/query/directory",
             get(query_directory),
+        )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            axum::routing::put(send_join),
         )
         .with_state(api)
 }
@@ -281,4 +291,119 @@ async fn query_directory(
     Ok(Json(
         json!({ "room_id": room_id, "servers": [api.server_name] }),
     ))
+}
+
+/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}?ver=…`.
+async fn make_join(
+    State(api): State<FederationApi>,
+    Origin(origin): Origin,
+    axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("bad room id"))?;
+    let user_id = ruma::UserId::parse(&user_id).map_err(|_| Error::invalid_param("bad user id"))?;
+    if user_id.server_name().as_str() != origin {
+        return Err(Error::forbidden("you may only make joins for your own users").into());
+    }
+    // `ver` repeats; without any, only room version 1 is assumed supported.
+    let versions: Vec<String> = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("ver="))
+        .map(|v| v.replace("%2E", ".").replace("%2e", "."))
+        .collect();
+    let versions = if versions.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        versions
+    };
+    let (version, event) = api.rooms.make_join(&room_id, &user_id, &versions).await?;
+    Ok(Json(json!({ "room_version": version, "event": event })))
+}
+
+/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.
+async fn send_join(
+    State(api): State<FederationApi>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<Json<Value>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 1024 * 1024)
+        .await
+        .map_err(|_| Error::new(ErrorKind::TooLarge, "the body is too large"))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| Error::new(ErrorKind::NotJson, "the body is not JSON"))?;
+    let content = ruma::CanonicalJsonValue::try_from(value)
+        .map_err(|e| Error::bad_json(format!("not canonical JSON: {e}")))?;
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let origin = authenticate(&api, "PUT", &uri, &parts, Some(content.clone())).await?;
+    let ruma::CanonicalJsonValue::Object(obj) = content else {
+        return Err(Error::bad_json("the event must be an object").into());
+    };
+    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("bad room id"))?;
+    let (_, rules) = api.rooms.room_version(room_id.as_str()).await?;
+    let computed = crate::pdu::event_id_of(&obj, &rules)?;
+    if computed.as_str() != event_id {
+        return Err(Error::bad_json("the event id is not the event's reference hash").into());
+    }
+    let sender = obj
+        .get("sender")
+        .and_then(|s| match s {
+            ruma::CanonicalJsonValue::String(s) => ruma::UserId::parse(s.as_str()).ok(),
+            _ => None,
+        })
+        .ok_or_else(|| Error::bad_json("no sender"))?;
+    if sender.server_name().as_str() != origin {
+        return Err(Error::forbidden("the join's sender is not a user of the origin").into());
+    }
+    match crate::pdu::verify(&api.keys, &obj, &rules).await? {
+        ruma::signatures::Verified::All => {}
+        ruma::signatures::Verified::Signatures => {
+            return Err(Error::bad_json("the join's content hash does not match").into());
+        }
+    }
+    let joined = api
+        .rooms
+        .accept_remote_join(&room_id, &computed, obj.clone())
+        .await?;
+    tracing::info!(%origin, room = %room_id, event = %computed, "remote join accepted");
+    let pdus = |v: &[Arc<ganglion_core::Pdu>]| -> Vec<Value> {
+        v.iter()
+            .map(|p| ganglion_rooms::remote_join::federation_pdu(p))
+            .collect()
+    };
+    let mut servers: Vec<String> = joined
+        .state
+        .iter()
+        .filter(|p| p.kind.to_string() == "m.room.member")
+        .filter(|p| {
+            p.content_as::<Value>()
+                .and_then(|c| {
+                    c.get("membership")
+                        .and_then(Value::as_str)
+                        .map(|m| m == "join")
+                })
+                .unwrap_or(false)
+        })
+        .filter_map(|p| {
+            p.state_key
+                .as_deref()
+                .and_then(|k| ruma::UserId::parse(k).ok())
+        })
+        .map(|u| u.server_name().to_string())
+        .collect();
+    servers.push(origin);
+    servers.sort();
+    servers.dedup();
+    Ok(Json(json!({
+        "origin": api.server_name,
+        "state": pdus(&joined.state),
+        "auth_chain": pdus(&joined.auth_chain),
+        "event": ganglion_rooms::remote_join::value_of(&obj),
+        "members_omitted": false,
+        "servers_in_room": servers,
+    })))
 }

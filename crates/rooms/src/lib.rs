@@ -12,6 +12,7 @@ pub mod keys;
 mod membership;
 pub mod persister;
 pub mod reads;
+pub mod remote_join;
 mod send;
 pub mod streams;
 pub mod typing;

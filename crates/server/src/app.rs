@@ -126,6 +126,29 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     } else {
         None
     };
+
+    let tasks = CancellationToken::new();
+    let bus = match &config.bus.redis_url {
+        Some(url) => {
+            let bus = ganglion_bus_redis::connect(url, "main", &config.bus.key_prefix)
+                .await
+                .map_err(|e| StartError::Config(format!("bus.redis_url: {e}")))?;
+            tracing::info!(prefix = %config.bus.key_prefix, "replication bus: Redis Streams");
+            bus
+        }
+        None => Bus::in_process("main"),
+    };
+    let (persister, persister_task) =
+        Persister::start(store.clone(), bus.clone(), tasks.clone()).await?;
+    let writers = StreamWriters::new(&store, &bus).await?;
+    let typing = Typing::new(writers.typing.clone());
+    let rooms = Rooms::new(
+        store.clone(),
+        persister,
+        key.clone(),
+        server_name.clone(),
+        default_version,
+    );
     let federation = match &federation_client {
         Some(client) => {
             let fed = &config.federation;
@@ -146,34 +169,12 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 key_valid_ms: i64::try_from(fed.key_valid_secs.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
                 old_keys: fed.old_signing_keys.clone(),
+                rooms: rooms.clone(),
             };
             Some((ganglion_federation::router(api), tls))
         }
         None => None,
     };
-
-    let tasks = CancellationToken::new();
-    let bus = match &config.bus.redis_url {
-        Some(url) => {
-            let bus = ganglion_bus_redis::connect(url, "main", &config.bus.key_prefix)
-                .await
-                .map_err(|e| StartError::Config(format!("bus.redis_url: {e}")))?;
-            tracing::info!(prefix = %config.bus.key_prefix, "replication bus: Redis Streams");
-            bus
-        }
-        None => Bus::in_process("main"),
-    };
-    let (persister, persister_task) =
-        Persister::start(store.clone(), bus.clone(), tasks.clone()).await?;
-    let writers = StreamWriters::new(&store, &bus).await?;
-    let typing = Typing::new(writers.typing.clone());
-    let rooms = Rooms::new(
-        store.clone(),
-        persister,
-        key,
-        server_name.clone(),
-        default_version,
-    );
     let notifier = Notifier::start(store.clone(), &bus, tasks.clone()).await?;
     let readiness = Readiness {
         store: store.clone(),

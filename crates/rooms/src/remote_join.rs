@@ -1,0 +1,282 @@
+//! A remote user joining one of our rooms through us (Server-Server API, "Joining
+//! Rooms"): the join template (`make_join`) and accepting the signed join (`send_join`).
+//! The caller (the federation crate) checks the request's origin and the event's
+//! signatures; this checks the event against the room.
+
+use std::{collections::HashMap, sync::Arc};
+
+use ganglion_core::{Error, ErrorKind, Pdu, Result, StreamPos, time::now_ms};
+use ganglion_storage::events::NewEvent;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::EventsReferenceFormatVersion,
+    state_res,
+};
+use serde_json::{Value, json};
+
+use crate::{Rooms, storage_error};
+
+/// What `send_join` answers with.
+#[derive(Debug)]
+pub struct JoinedRemotely {
+    /// The room's state before the join.
+    pub state: Vec<Arc<Pdu>>,
+    /// Every event those (and the join) are authorised by, transitively.
+    pub auth_chain: Vec<Arc<Pdu>>,
+    /// Where the join landed in our events stream.
+    pub pos: StreamPos,
+}
+
+fn join_content() -> Value {
+    json!({ "membership": "join" })
+}
+
+impl Rooms {
+    /// The unsigned join event a remote server fills in for `user_id`: current forward
+    /// extremities as `prev_events`, the auth events the rules select from current
+    /// state. `versions` are the room versions the remote supports.
+    pub async fn make_join(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        versions: &[String],
+    ) -> Result<(RoomVersionId, Value)> {
+        let (version, rules) = self.room_version(room_id.as_str()).await?;
+        if !versions.iter().any(|v| v == version.as_str()) {
+            return Err(Error::new(
+                ErrorKind::IncompatibleRoomVersion,
+                format!("the room is version {version}, which your server does not support"),
+            ));
+        }
+        if rules.events_reference_format == EventsReferenceFormatVersion::V1 {
+            return Err(Error::new(
+                ErrorKind::IncompatibleRoomVersion,
+                "joining rooms of versions 1 and 2 over federation is not supported yet",
+            ));
+        }
+        let content = join_content();
+        let raw = serde_json::value::to_raw_value(&content)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let auth_types = state_res::auth_types_for_event(
+            &TimelineEventType::RoomMember,
+            user_id,
+            Some(user_id.as_str()),
+            &raw,
+            &rules.authorization,
+        )
+        .map_err(Error::internal)?;
+        let mut keys: Vec<(String, String)> = auth_types
+            .iter()
+            .map(|(t, k)| (t.to_string(), k.clone()))
+            .collect();
+        keys.push(("m.room.join_rules".into(), String::new()));
+        let head = self
+            .head_view(room_id.as_str(), &keys)
+            .await?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
+        // Only what the auth rules would allow: a public room, or an invited user.
+        let join_rule = match head
+            .state
+            .get(&("m.room.join_rules".to_owned(), String::new()))
+        {
+            Some(id) => self
+                .load_pdu(id)
+                .await?
+                .and_then(|p| p.content_as::<Value>())
+                .and_then(|c| {
+                    c.get("join_rule")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                }),
+            None => None,
+        };
+        let membership = self
+            .inner
+            .store
+            .select_membership(room_id.as_str(), user_id.as_str())
+            .await
+            .map_err(storage_error)?
+            .map(|(m, _)| m);
+        let allowed = join_rule.as_deref() == Some("public")
+            || matches!(membership.as_deref(), Some("invite" | "join"));
+        if !allowed {
+            return Err(Error::forbidden(
+                "you are not invited to this room and it is not public",
+            ));
+        }
+        let auth_events: Vec<&String> = head
+            .state
+            .iter()
+            .filter(|((t, k), _)| {
+                (rules.event_format.allow_room_create_in_auth_events || t != "m.room.create")
+                    && auth_types
+                        .iter()
+                        .any(|(at, ak)| at.to_string() == *t && ak == k)
+            })
+            .map(|(_, id)| id)
+            .collect();
+        let depth = head.extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
+        let prev_events: Vec<&String> =
+            head.extremities.iter().take(10).map(|(id, _)| id).collect();
+        let event = json!({
+            "type": "m.room.member",
+            "state_key": user_id,
+            "sender": user_id,
+            "content": content,
+            "room_id": room_id,
+            "origin_server_ts": now_ms(),
+            "depth": depth,
+            "prev_events": prev_events,
+            "auth_events": auth_events,
+        });
+        Ok((version, event))
+    }
+
+    /// Accepts a remote user's signed join (`event_id` already checked to be its
+    /// reference hash, its signatures verified by the caller): checks it against its auth
+    /// events and the room's current state, persists it, and returns the state before it
+    /// with the auth chain.
+    pub async fn accept_remote_join(
+        &self,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+        mut event: CanonicalJsonObject,
+    ) -> Result<JoinedRemotely> {
+        let Some(persister) = self.inner.persister.clone() else {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "this process does not write events",
+            ));
+        };
+        event.remove("unsigned");
+        let json: Arc<str> = serde_json::to_string(&event)
+            .map_err(|e| Error::bad_json(e.to_string()))?
+            .into();
+        let pdu = Pdu::from_json(json.clone(), Some(event_id.clone()), None)
+            .map_err(|e| Error::bad_json(format!("not a PDU: {e}")))?;
+        if pdu.room_id != room_id {
+            return Err(Error::bad_json("the event is for another room"));
+        }
+        let membership = pdu.content_as::<Value>().and_then(|c| {
+            c.get("membership")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        if pdu.kind != TimelineEventType::RoomMember
+            || membership.as_deref() != Some("join")
+            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+        {
+            return Err(Error::bad_json("not a join of its sender"));
+        }
+
+        let _guard = self.lock_room(room_id.as_str()).await;
+        let head = self
+            .head_view(room_id.as_str(), &[])
+            .await?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
+        // Every state event of the room now: the state the join applies to.
+        let current = self
+            .inner
+            .store
+            .select_current_state(room_id.as_str())
+            .await
+            .map_err(storage_error)?;
+        let state_ids: Vec<String> = current.iter().map(|r| r.event_id.clone()).collect();
+        let state = self.load_pdus(&state_ids).await?;
+        let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
+        let auth = self.load_pdus(&auth_ids).await?;
+        if auth.len() != auth_ids.len() {
+            return Err(Error::forbidden(
+                "the join's auth events are not events of this room",
+            ));
+        }
+        let by_id: HashMap<OwnedEventId, &Pdu> =
+            auth.values().map(|p| (p.event_id.clone(), &**p)).collect();
+        state_res::check_state_independent_auth_rules(&head.rules.authorization, &pdu, |id| {
+            by_id.get(id).copied()
+        })
+        .map_err(|e| Error::forbidden(format!("auth check failed: {e}")))?;
+        let by_key: HashMap<(StateEventType, String), &Pdu> = state
+            .values()
+            .filter_map(|p| {
+                p.state_key
+                    .clone()
+                    .map(|sk| ((StateEventType::from(p.kind.to_string()), sk), &**p))
+            })
+            .collect();
+        state_res::check_state_dependent_auth_rules(&head.rules.authorization, &pdu, |t, sk| {
+            by_key.get(&(t.clone(), sk.to_owned())).copied()
+        })
+        .map_err(|e| Error::forbidden(format!("auth check failed against current state: {e}")))?;
+
+        let new_event = NewEvent {
+            event_id: event_id.to_string(),
+            room_id: room_id.to_string(),
+            sender: pdu.sender.to_string(),
+            kind: "m.room.member".into(),
+            state_key: pdu.state_key.clone(),
+            depth: pdu.depth,
+            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+            json: json.to_string(),
+            unsigned: None,
+            txn: None,
+            prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
+            prev_state_group: head.state_group,
+            membership: Some("join".into()),
+            redacts: None,
+            new_room: None,
+        };
+        let persisted = persister.persist(new_event).await;
+        // The extremities may now be several: let the record say.
+        self.drop_head(room_id.as_str());
+        let persisted = persisted?;
+
+        let mut state: Vec<Arc<Pdu>> = state.into_values().collect();
+        state.sort_by_key(|p| p.depth);
+        let mut roots: Vec<String> = state
+            .iter()
+            .flat_map(|p| p.auth_events.iter().map(ToString::to_string))
+            .collect();
+        roots.extend(auth_ids);
+        let auth_chain = self.auth_chain(roots).await?;
+        Ok(JoinedRemotely {
+            state,
+            auth_chain,
+            pos: StreamPos(persisted.stream_ordering),
+        })
+    }
+
+    /// The events `roots` and everything they are authorised by, transitively.
+    pub async fn auth_chain(&self, roots: Vec<String>) -> Result<Vec<Arc<Pdu>>> {
+        let mut seen: HashMap<String, Arc<Pdu>> = HashMap::new();
+        let mut todo = roots;
+        while !todo.is_empty() {
+            todo.sort();
+            todo.dedup();
+            todo.retain(|id| !seen.contains_key(id));
+            if todo.is_empty() {
+                break;
+            }
+            let found = self.load_pdus(&todo).await?;
+            todo = found
+                .values()
+                .flat_map(|p| p.auth_events.iter().map(ToString::to_string))
+                .collect();
+            seen.extend(found);
+        }
+        let mut out: Vec<Arc<Pdu>> = seen.into_values().collect();
+        out.sort_by_key(|p| p.depth);
+        Ok(out)
+    }
+}
+
+/// A PDU in federation form (its stored canonical JSON).
+pub fn federation_pdu(p: &Pdu) -> Value {
+    serde_json::from_str(&p.json).unwrap_or(Value::Null)
+}
+
+/// A canonical JSON object as a `serde_json` value.
+pub fn value_of(obj: &CanonicalJsonObject) -> Value {
+    serde_json::to_value(CanonicalJsonValue::Object(obj.clone())).unwrap_or(Value::Null)
+}
