@@ -388,6 +388,8 @@ fn ganglion_tests_now_ms() -> i64 {
 /// (query/directory), asks for a join template (make_join) and sends the signed join
 /// (send_join v2); Ganglion checks the signature, hash and auth rules, persists the join
 /// and answers with the room's state and auth chain, which Synapse checks and adopts.
+/// Then 100 messages go each way (Ganglion's sender to Synapse, Synapse's transactions
+/// to Ganglion) and both servers show all 200 in the same order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synapse_user_joins_a_ganglion_room() {
     let ca = test_ca();
@@ -453,6 +455,21 @@ async fn a_synapse_user_joins_a_ganglion_room() {
         "Synapse does not see alice: {their_members}"
     );
 
+    // 100 messages each way; both sides end with all 200, in the same order.
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        alice.send_text(&room, &format!("g{i}")).await;
+        sent.push(format!("g{i}"));
+    }
+    wait_for_bodies(&bob, &room, &sent, "Synapse").await;
+    for i in 0..100 {
+        bob.send_text(&room, &format!("s{i}")).await;
+        sent.push(format!("s{i}"));
+    }
+    wait_for_bodies(&alice, &room, &sent, "Ganglion").await;
+    assert_eq!(bodies(&alice, &room).await, sent, "Ganglion's order");
+    assert_eq!(bodies(&bob, &room).await, sent, "Synapse's order");
+
     // A join for a user of another server, or for a room that is not public, is refused.
     let http = https(&ca);
     let r = http
@@ -466,4 +483,43 @@ async fn a_synapse_user_joins_a_ganglion_room() {
         .expect("answer");
     assert_eq!(r.status(), 401, "unsigned make_join");
     srv.cleanup().await;
+}
+
+/// The message bodies of a room, oldest first (up to 1,000).
+async fn bodies(c: &Client, room: &str) -> Vec<String> {
+    let page = c
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+            enc(room)
+        ))
+        .await;
+    let mut out: Vec<String> = page.body["chunk"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.reverse();
+    out
+}
+
+/// Waits (at most 60 s) until `c` sees every body in `want`.
+async fn wait_for_bodies(c: &Client, room: &str, want: &[String], who: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let have = bodies(c, room).await;
+        if want.iter().all(|w| have.contains(w)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{who} has {} of {} messages",
+            want.iter().filter(|w| have.contains(w)).count(),
+            want.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -15,6 +15,7 @@ pub mod client;
 pub mod keys;
 pub mod listener;
 pub mod pdu;
+pub mod sender;
 pub mod server;
 pub mod xmatrix;
 

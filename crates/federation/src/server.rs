@@ -62,6 +62,10 @@ pub fn router(api: FederationApi) -> Router {
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             axum::routing::put(send_join),
         )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            axum::routing::put(send_transaction),
+        )
         .with_state(api)
 }
 
@@ -327,19 +331,7 @@ async fn send_join(
     axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
     req: axum::extract::Request,
 ) -> Result<Json<Value>, ApiError> {
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 1024 * 1024)
-        .await
-        .map_err(|_| Error::new(ErrorKind::TooLarge, "the body is too large"))?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| Error::new(ErrorKind::NotJson, "the body is not JSON"))?;
-    let content = ruma::CanonicalJsonValue::try_from(value)
-        .map_err(|e| Error::bad_json(format!("not canonical JSON: {e}")))?;
-    let uri = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let origin = authenticate(&api, "PUT", &uri, &parts, Some(content.clone())).await?;
+    let (origin, content) = signed_body(&api, req).await?;
     let ruma::CanonicalJsonValue::Object(obj) = content else {
         return Err(Error::bad_json("the event must be an object").into());
     };
@@ -406,4 +398,139 @@ async fn send_join(
         "members_omitted": false,
         "servers_in_room": servers,
     })))
+}
+
+/// Reads a JSON body (at most 1 MiB) and checks the request's X-Matrix signature over
+/// it: returns the origin and the body.
+async fn signed_body(
+    api: &FederationApi,
+    req: axum::extract::Request,
+) -> Result<(String, ruma::CanonicalJsonValue), Error> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 1024 * 1024)
+        .await
+        .map_err(|_| Error::new(ErrorKind::TooLarge, "the body is too large"))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| Error::new(ErrorKind::NotJson, "the body is not JSON"))?;
+    let content = ruma::CanonicalJsonValue::try_from(value)
+        .map_err(|e| Error::bad_json(format!("not canonical JSON: {e}")))?;
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let origin = authenticate(
+        api,
+        parts.method.as_str(),
+        &uri,
+        &parts,
+        Some(content.clone()),
+    )
+    .await?;
+    Ok((origin, content))
+}
+
+/// Most PDUs and EDUs one transaction may carry (spec).
+const MAX_TXN_PDUS: usize = 50;
+const MAX_TXN_EDUS: usize = 100;
+
+/// `PUT /_matrix/federation/v1/send/{txnId}`: each PDU is checked (room known, event id,
+/// signatures and hash, auth rules) and persisted, or refused with its reason; EDUs are
+/// not processed yet.
+async fn send_transaction(
+    State(api): State<FederationApi>,
+    axum::extract::Path(_txn_id): axum::extract::Path<String>,
+    req: axum::extract::Request,
+) -> Result<Json<Value>, ApiError> {
+    let (origin, content) = signed_body(&api, req).await?;
+    let body: Value = serde_json::to_value(&content).unwrap_or(Value::Null);
+    if body.get("origin").and_then(Value::as_str) != Some(origin.as_str()) {
+        return Err(Error::forbidden("the transaction's origin is not the signer").into());
+    }
+    let pdus = body
+        .get("pdus")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let edus = body
+        .get("edus")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if pdus.len() > MAX_TXN_PDUS || edus > MAX_TXN_EDUS {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            "a transaction carries at most 50 PDUs and 100 EDUs",
+        )
+        .into());
+    }
+    let mut results = serde_json::Map::new();
+    for pdu in pdus {
+        let (id, outcome) = accept_pdu(&api, &origin, pdu).await;
+        let entry = match outcome {
+            Ok(()) => json!({}),
+            Err(e) => {
+                tracing::warn!(%origin, event = %id, error = %e.message, "refused a PDU");
+                json!({ "error": e.message })
+            }
+        };
+        if !id.is_empty() {
+            results.insert(id, entry);
+        }
+    }
+    Ok(Json(json!({ "pdus": results })))
+}
+
+/// Checks and persists one PDU of a transaction; returns its event id (when it could be
+/// computed) and the outcome.
+async fn accept_pdu(api: &FederationApi, origin: &str, pdu: Value) -> (String, Result<(), Error>) {
+    let Ok(ruma::CanonicalJsonValue::Object(obj)) = ruma::CanonicalJsonValue::try_from(pdu) else {
+        return (
+            String::new(),
+            Err(Error::bad_json("a PDU is not a JSON object")),
+        );
+    };
+    let Some(room_id) = obj.get("room_id").and_then(|v| match v {
+        ruma::CanonicalJsonValue::String(s) => ruma::RoomId::parse(s.as_str()).ok(),
+        _ => None,
+    }) else {
+        return (
+            String::new(),
+            Err(Error::bad_json("a PDU without a room id")),
+        );
+    };
+    let Ok((_, rules)) = api.rooms.room_version(room_id.as_str()).await else {
+        return (String::new(), Err(Error::not_found("unknown room")));
+    };
+    let event_id = match crate::pdu::event_id_of(&obj, &rules) {
+        Ok(id) => id,
+        Err(e) => return (String::new(), Err(e)),
+    };
+    let id = event_id.to_string();
+    let outcome = async {
+        // The origin must be in the room: a member's server, or the sender's.
+        let sender_server = obj
+            .get("sender")
+            .and_then(|v| match v {
+                ruma::CanonicalJsonValue::String(s) => ruma::UserId::parse(s.as_str()).ok(),
+                _ => None,
+            })
+            .map(|u| u.server_name().to_string())
+            .ok_or_else(|| Error::bad_json("no sender"))?;
+        if sender_server != origin {
+            return Err(Error::forbidden(
+                "relaying other servers' events is not accepted yet",
+            ));
+        }
+        match crate::pdu::verify(&api.keys, &obj, &rules).await? {
+            ruma::signatures::Verified::All => {}
+            ruma::signatures::Verified::Signatures => {
+                return Err(Error::bad_json("the content hash does not match"));
+            }
+        }
+        api.rooms
+            .accept_remote_event(&room_id, &event_id, obj.clone())
+            .await
+            .map(|_| ())
+    }
+    .await;
+    (id, outcome)
 }

@@ -141,23 +141,9 @@ impl Rooms {
         &self,
         room_id: &RoomId,
         event_id: &OwnedEventId,
-        mut event: CanonicalJsonObject,
+        event: CanonicalJsonObject,
     ) -> Result<JoinedRemotely> {
-        let Some(persister) = self.inner.persister.clone() else {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                "this process does not write events",
-            ));
-        };
-        event.remove("unsigned");
-        let json: Arc<str> = serde_json::to_string(&event)
-            .map_err(|e| Error::bad_json(e.to_string()))?
-            .into();
-        let pdu = Pdu::from_json(json.clone(), Some(event_id.clone()), None)
-            .map_err(|e| Error::bad_json(format!("not a PDU: {e}")))?;
-        if pdu.room_id != room_id {
-            return Err(Error::bad_json("the event is for another room"));
-        }
+        let (pdu, json) = parse_remote(room_id, event_id, event)?;
         let membership = pdu.content_as::<Value>().and_then(|c| {
             c.get("membership")
                 .and_then(Value::as_str)
@@ -169,13 +155,79 @@ impl Rooms {
         {
             return Err(Error::bad_json("not a join of its sender"));
         }
+        let (pos, state) = self.persist_remote(room_id, pdu.clone(), json).await?;
+        let mut state: Vec<Arc<Pdu>> = state.into_values().collect();
+        state.sort_by_key(|p| p.depth);
+        let mut roots: Vec<String> = state
+            .iter()
+            .flat_map(|p| p.auth_events.iter().map(ToString::to_string))
+            .collect();
+        roots.extend(pdu.auth_events.iter().map(ToString::to_string));
+        let auth_chain = self.auth_chain(roots).await?;
+        Ok(JoinedRemotely {
+            state,
+            auth_chain,
+            pos,
+        })
+    }
 
+    /// Accepts an event another server sent us in a transaction (its id and signatures
+    /// checked by the caller). An event we already have is accepted again without a
+    /// second copy. Its auth events and `prev_events` must be events we have (fetching
+    /// missing ones is not built yet).
+    pub async fn accept_remote_event(
+        &self,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+        event: CanonicalJsonObject,
+    ) -> Result<Option<StreamPos>> {
+        if self
+            .inner
+            .store
+            .select_event(event_id.as_str())
+            .await
+            .map_err(storage_error)?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let (pdu, json) = parse_remote(room_id, event_id, event)?;
+        let prevs: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+        let known = self
+            .inner
+            .store
+            .select_events(&prevs)
+            .await
+            .map_err(storage_error)?;
+        if known.len() != prevs.len() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "some prev_events are unknown here (fetching them is not built yet)",
+            ));
+        }
+        Ok(Some(self.persist_remote(room_id, pdu, json).await?.0))
+    }
+
+    /// Checks a remote event against its auth events and current state, and persists
+    /// it; returns its position and the state it applied to.
+    async fn persist_remote(
+        &self,
+        room_id: &RoomId,
+        pdu: Pdu,
+        json: Arc<str>,
+    ) -> Result<(StreamPos, HashMap<String, Arc<Pdu>>)> {
+        let Some(persister) = self.inner.persister.clone() else {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "this process does not write events",
+            ));
+        };
         let _guard = self.lock_room(room_id.as_str()).await;
         let head = self
             .head_view(room_id.as_str(), &[])
             .await?
             .ok_or_else(|| Error::not_found("unknown room"))?;
-        // Every state event of the room now: the state the join applies to.
+        // Every state event of the room now: the state the event applies to.
         let current = self
             .inner
             .store
@@ -188,7 +240,7 @@ impl Rooms {
         let auth = self.load_pdus(&auth_ids).await?;
         if auth.len() != auth_ids.len() {
             return Err(Error::forbidden(
-                "the join's auth events are not events of this room",
+                "the event's auth events are not events of this room",
             ));
         }
         let by_id: HashMap<OwnedEventId, &Pdu> =
@@ -210,41 +262,45 @@ impl Rooms {
         })
         .map_err(|e| Error::forbidden(format!("auth check failed against current state: {e}")))?;
 
+        let kind = pdu.kind.to_string();
+        let membership = (kind == "m.room.member")
+            .then(|| {
+                pdu.content_as::<Value>().and_then(|c| {
+                    c.get("membership")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+            })
+            .flatten();
+        let unsigned = match &pdu.state_key {
+            Some(sk) => {
+                self.replaced_state_unsigned(&pdu.room_id, &kind, sk)
+                    .await?
+            }
+            None => None,
+        };
         let new_event = NewEvent {
-            event_id: event_id.to_string(),
+            event_id: pdu.event_id.to_string(),
             room_id: room_id.to_string(),
             sender: pdu.sender.to_string(),
-            kind: "m.room.member".into(),
+            kind,
             state_key: pdu.state_key.clone(),
             depth: pdu.depth,
             origin_server_ts: i64::from(pdu.origin_server_ts.get()),
             json: json.to_string(),
-            unsigned: None,
+            unsigned,
             txn: None,
             prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
             prev_state_group: head.state_group,
-            membership: Some("join".into()),
-            redacts: None,
+            membership,
+            redacts: pdu.redacts.as_ref().map(ToString::to_string),
             new_room: None,
         };
         let persisted = persister.persist(new_event).await;
         // The extremities may now be several: let the record say.
         self.drop_head(room_id.as_str());
         let persisted = persisted?;
-
-        let mut state: Vec<Arc<Pdu>> = state.into_values().collect();
-        state.sort_by_key(|p| p.depth);
-        let mut roots: Vec<String> = state
-            .iter()
-            .flat_map(|p| p.auth_events.iter().map(ToString::to_string))
-            .collect();
-        roots.extend(auth_ids);
-        let auth_chain = self.auth_chain(roots).await?;
-        Ok(JoinedRemotely {
-            state,
-            auth_chain,
-            pos: StreamPos(persisted.stream_ordering),
-        })
+        Ok((StreamPos(persisted.stream_ordering), state))
     }
 
     /// The events `roots` and everything they are authorised by, transitively.
@@ -279,4 +335,22 @@ pub fn federation_pdu(p: &Pdu) -> Value {
 /// A canonical JSON object as a `serde_json` value.
 pub fn value_of(obj: &CanonicalJsonObject) -> Value {
     serde_json::to_value(CanonicalJsonValue::Object(obj.clone())).unwrap_or(Value::Null)
+}
+
+/// A remote event as a [`Pdu`] and its stored JSON (without `unsigned`).
+fn parse_remote(
+    room_id: &RoomId,
+    event_id: &OwnedEventId,
+    mut event: CanonicalJsonObject,
+) -> Result<(Pdu, Arc<str>)> {
+    event.remove("unsigned");
+    let json: Arc<str> = serde_json::to_string(&event)
+        .map_err(|e| Error::bad_json(e.to_string()))?
+        .into();
+    let pdu = Pdu::from_json(json.clone(), Some(event_id.clone()), None)
+        .map_err(|e| Error::bad_json(format!("not a PDU: {e}")))?;
+    if pdu.room_id != room_id {
+        return Err(Error::bad_json("the event is for another room"));
+    }
+    Ok((pdu, json))
 }

@@ -278,7 +278,7 @@ impl Rooms {
     }
 
     /// `prev_content`, `prev_sender` and `replaces_state` of a state event (client `unsigned`).
-    async fn replaced_state_unsigned(
+    pub(crate) async fn replaced_state_unsigned(
         &self,
         room_id: &OwnedRoomId,
         kind: &str,

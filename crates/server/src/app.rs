@@ -151,6 +151,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     );
     let federation = match &federation_client {
         Some(client) => {
+            ganglion_federation::sender::start(client.clone(), store.clone(), &bus, tasks.clone());
             let fed = &config.federation;
             let tls = ganglion_federation::listener::tls_config(
                 fed.tls_certificate_path.as_deref().unwrap_or_default(),
