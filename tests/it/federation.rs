@@ -523,3 +523,86 @@ async fn wait_for_bodies(c: &Client, room: &str, want: &[String], who: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A Ganglion user joins Synapse rooms, one by alias and one by id: make_join at
+/// Synapse, our signed join, send_join, the returned state and auth chain checked and
+/// stored. Then 100 messages go each way in the first, and both servers show all 200 in
+/// the same order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ganglion_user_joins_synapse_rooms() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, _name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let bob = synapse.user("bob").await;
+    let local = format!("syn{}", rand::random::<u32>());
+    let room = bob
+        .create_room(json!({
+            "preset": "public_chat",
+            "room_alias_name": local,
+            "name": "Synapse's room",
+        }))
+        .await;
+    let other = bob
+        .create_room(json!({ "preset": "public_chat", "name": "by id" }))
+        .await;
+    let alice = srv.user("alice").await;
+    let joined = alice
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{}", synapse.server_name))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "join by alias: {}", joined.body);
+    assert_eq!(joined.body["room_id"], room.as_str());
+    // Room v12 ids name no server: the client says where to ask (`via`).
+    let by_id = alice
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&other),
+                enc(&synapse.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(by_id.status, 200, "join by id: {}", by_id.body);
+
+    // Both sides agree on the membership and the state came across.
+    let name_ev = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+            enc(&room)
+        ))
+        .await
+        .ok();
+    assert_eq!(name_ev["name"], "Synapse's room");
+    let theirs = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await
+        .ok();
+    assert!(
+        theirs["joined"].get(&alice.user_id).is_some(),
+        "Synapse does not list alice: {theirs}"
+    );
+
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        bob.send_text(&room, &format!("s{i}")).await;
+        sent.push(format!("s{i}"));
+    }
+    wait_for_bodies(&alice, &room, &sent, "Ganglion").await;
+    for i in 0..100 {
+        alice.send_text(&room, &format!("g{i}")).await;
+        sent.push(format!("g{i}"));
+    }
+    wait_for_bodies(&bob, &room, &sent, "Synapse").await;
+    assert_eq!(bodies(&alice, &room).await, sent, "Ganglion's order");
+    assert_eq!(bodies(&bob, &room).await, sent, "Synapse's order");
+    srv.cleanup().await;
+}

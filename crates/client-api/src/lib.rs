@@ -44,8 +44,8 @@ pub struct ClientApi {
     pub message_limit: Arc<RateLimiter>,
     /// Room creations and joins per user.
     pub room_limit: Arc<RateLimiter>,
-    /// Other servers (remote profiles and aliases), when federation is on.
-    pub federation: Option<ganglion_federation::FederationClient>,
+    /// Other servers (remote profiles, aliases and joins), when federation is on.
+    pub federation: Option<ganglion_federation::Federation>,
 }
 
 impl axum::extract::FromRef<ClientApi> for Rooms {

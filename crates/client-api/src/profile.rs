@@ -45,6 +45,7 @@ async fn profile_of(
         ganglion_http::percent_encode(user_id.as_str())
     );
     let v = fed
+        .client
         .get(user_id.server_name().as_str(), &path)
         .await
         .map_err(Error::from)?;

@@ -12,6 +12,7 @@
 //! backfill, state and event reads, and the federation sender.
 
 pub mod client;
+pub mod join;
 pub mod keys;
 pub mod listener;
 pub mod pdu;
@@ -21,6 +22,17 @@ pub mod xmatrix;
 
 pub use client::{FedError, FederationClient};
 pub use keys::KeyRing;
+
+/// What the client API needs to reach other servers: the client, the key ring, our key.
+#[derive(Clone, Debug)]
+pub struct Federation {
+    /// The outbound client.
+    pub client: FederationClient,
+    /// Remote keys.
+    pub keys: KeyRing,
+    /// Our signing key.
+    pub key: std::sync::Arc<ganglion_rooms::ServerKey>,
+}
 pub use server::{FederationApi, router};
 
 /// A fresh signing key in a temporary file, for unit tests.

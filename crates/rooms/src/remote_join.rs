@@ -243,8 +243,16 @@ impl Rooms {
                 "the event's auth events are not events of this room",
             ));
         }
-        let by_id: HashMap<OwnedEventId, &Pdu> =
-            auth.values().map(|p| (p.event_id.clone(), &**p)).collect();
+        // Room v12 leaves the create event out of auth_events; the checks still need it.
+        let by_id: HashMap<OwnedEventId, &Pdu> = auth
+            .values()
+            .chain(
+                state
+                    .values()
+                    .filter(|p| p.kind == TimelineEventType::RoomCreate),
+            )
+            .map(|p| (p.event_id.clone(), &**p))
+            .collect();
         state_res::check_state_independent_auth_rules(&head.rules.authorization, &pdu, |id| {
             by_id.get(id).copied()
         })
@@ -303,6 +311,128 @@ impl Rooms {
         Ok((StreamPos(persisted.stream_ordering), state))
     }
 
+    /// Creates a room we joined through another server: stores the auth chain and the
+    /// state the resident server sent (signatures already checked by the caller), the
+    /// state last so that it is the room's current state, then our join on top, which
+    /// becomes the only forward extremity. `events` are (id, JSON) pairs.
+    pub async fn bootstrap_remote_room(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        auth_chain: Vec<(OwnedEventId, CanonicalJsonObject)>,
+        state: Vec<(OwnedEventId, CanonicalJsonObject)>,
+        join: (OwnedEventId, CanonicalJsonObject),
+    ) -> Result<StreamPos> {
+        let Some(persister) = self.inner.persister.clone() else {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "this process does not write events",
+            ));
+        };
+        let _guard = self.lock_room(room_id.as_str()).await;
+        if self
+            .inner
+            .store
+            .select_room(room_id.as_str())
+            .await
+            .map_err(storage_error)?
+            .is_some()
+        {
+            return Err(Error::new(
+                ErrorKind::Unknown,
+                "rejoining a room this server already knows over federation is not built yet",
+            ));
+        }
+        let state_ids: std::collections::HashSet<OwnedEventId> =
+            state.iter().map(|(id, _)| id.clone()).collect();
+        let mut first: Vec<Pdu> = Vec::new();
+        let mut last: Vec<Pdu> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (id, obj) in auth_chain.into_iter().chain(state) {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let (pdu, _) = parse_remote(room_id, &id, obj)?;
+            if state_ids.contains(&id) {
+                last.push(pdu);
+            } else {
+                first.push(pdu);
+            }
+        }
+        first.sort_by_key(|p| p.depth);
+        last.sort_by_key(|p| p.depth);
+        let creator = first
+            .iter()
+            .chain(&last)
+            .find(|p| p.kind == TimelineEventType::RoomCreate)
+            .map(|p| p.sender.to_string())
+            .ok_or_else(|| Error::bad_json("the room's state has no create event"))?;
+        let (join_pdu, join_json) = parse_remote(room_id, &join.0, join.1)?;
+        let mut inserted: Vec<String> = Vec::new();
+        let mut group: Option<i64> = None;
+        let mut new_room = Some(ganglion_storage::events::NewRoom {
+            version: version.to_string(),
+            creator,
+        });
+        let mut pos = StreamPos(0);
+        for (pdu, is_join) in first
+            .into_iter()
+            .chain(last)
+            .map(|p| (p, false))
+            .chain(std::iter::once((join_pdu, true)))
+        {
+            let kind = pdu.kind.to_string();
+            let membership = (kind == "m.room.member")
+                .then(|| {
+                    pdu.content_as::<Value>().and_then(|c| {
+                        c.get("membership")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                })
+                .flatten();
+            let json = if is_join {
+                join_json.to_string()
+            } else {
+                pdu.json.to_string()
+            };
+            let new_event = NewEvent {
+                event_id: pdu.event_id.to_string(),
+                room_id: room_id.to_string(),
+                sender: pdu.sender.to_string(),
+                kind,
+                state_key: pdu.state_key.clone(),
+                depth: pdu.depth,
+                origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+                json,
+                unsigned: None,
+                txn: None,
+                // Only what clears extremities: the join replaces every stored event.
+                prev_events: if is_join {
+                    inserted.clone()
+                } else {
+                    Vec::new()
+                },
+                prev_state_group: group,
+                membership,
+                redacts: pdu.redacts.as_ref().map(ToString::to_string),
+                new_room: new_room.take(),
+            };
+            let persisted = match persister.persist(new_event).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.drop_head(room_id.as_str());
+                    return Err(e);
+                }
+            };
+            group = persisted.state_group;
+            pos = StreamPos(persisted.stream_ordering);
+            inserted.push(pdu.event_id.to_string());
+        }
+        self.drop_head(room_id.as_str());
+        Ok(pos)
+    }
+
     /// The events `roots` and everything they are authorised by, transitively.
     pub async fn auth_chain(&self, roots: Vec<String>) -> Result<Vec<Arc<Pdu>>> {
         let mut seen: HashMap<String, Arc<Pdu>> = HashMap::new();
@@ -347,8 +477,13 @@ fn parse_remote(
     let json: Arc<str> = serde_json::to_string(&event)
         .map_err(|e| Error::bad_json(e.to_string()))?
         .into();
-    let pdu = Pdu::from_json(json.clone(), Some(event_id.clone()), None)
-        .map_err(|e| Error::bad_json(format!("not a PDU: {e}")))?;
+    // A room-v12 create event carries no room id: its room is the one asked about.
+    let pdu = Pdu::from_json(
+        json.clone(),
+        Some(event_id.clone()),
+        Some(room_id.to_owned()),
+    )
+    .map_err(|e| Error::bad_json(format!("not a PDU: {e}")))?;
     if pdu.room_id != room_id {
         return Err(Error::bad_json("the event is for another room"));
     }

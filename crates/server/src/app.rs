@@ -149,6 +149,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         server_name.clone(),
         default_version,
     );
+    let mut federation_api = None;
     let federation = match &federation_client {
         Some(client) => {
             ganglion_federation::sender::start(client.clone(), store.clone(), &bus, tasks.clone());
@@ -158,14 +159,20 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 fed.tls_private_key_path.as_deref().unwrap_or_default(),
             )
             .map_err(StartError::Config)?;
+            let keys = ganglion_federation::KeyRing::new(
+                store.clone(),
+                client.clone(),
+                config.federation.trusted_key_servers.clone(),
+            );
+            federation_api = Some(ganglion_federation::Federation {
+                client: client.clone(),
+                keys: keys.clone(),
+                key: key.clone(),
+            });
             let api = ganglion_federation::FederationApi {
                 server_name: server_name.to_string(),
                 key: key.clone(),
-                keys: ganglion_federation::KeyRing::new(
-                    store.clone(),
-                    client.clone(),
-                    fed.trusted_key_servers.clone(),
-                ),
+                keys,
                 store: store.clone(),
                 key_valid_ms: i64::try_from(fed.key_valid_secs.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
@@ -213,7 +220,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         }),
         message_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.message))),
         room_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.rooms))),
-        federation: federation_client,
+        federation: federation_api.clone(),
     };
     let accounts = Accounts::new(
         store.clone(),

@@ -68,6 +68,7 @@ pub async fn get_alias(
             ganglion_http::percent_encode(alias.as_str())
         );
         let v = fed
+            .client
             .get(alias.server_name().as_str(), &path)
             .await
             .map_err(Error::from)?;

@@ -37,20 +37,97 @@ pub(crate) async fn resolve_room(
     api: &ClientApi,
     target: &RoomOrAliasId,
 ) -> ApiResult<OwnedRoomId> {
-    match <&ruma::RoomId>::try_from(target) {
-        Ok(id) => Ok(id.to_owned()),
-        Err(alias) => {
-            let (room_id, _) = api
-                .rooms
-                .store()
-                .select_alias(alias.as_str())
-                .await
-                .map_err(storage_error)?
-                .ok_or_else(|| Error::not_found("room alias not found"))?;
-            OwnedRoomId::try_from(room_id)
-                .map_err(|_| Error::internal("stored room id is invalid").into())
-        }
+    Ok(resolve_room_and_servers(api, target).await?.0)
+}
+
+/// A room id, or an alias resolved (ours from the database, another server's over
+/// federation), with the servers that can be asked about it.
+async fn resolve_room_and_servers(
+    api: &ClientApi,
+    target: &RoomOrAliasId,
+) -> ApiResult<(OwnedRoomId, Vec<String>)> {
+    let alias = match <&ruma::RoomId>::try_from(target) {
+        Ok(id) => return Ok((id.to_owned(), Vec::new())),
+        Err(alias) => alias,
+    };
+    if alias.server_name() != api.rooms.server_name()
+        && let Some(fed) = &api.federation
+    {
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            ganglion_http::percent_encode(alias.as_str())
+        );
+        let v = fed
+            .client
+            .get(alias.server_name().as_str(), &path)
+            .await
+            .map_err(Error::from)?;
+        let room_id = v
+            .get("room_id")
+            .and_then(Value::as_str)
+            .and_then(|r| OwnedRoomId::try_from(r).ok())
+            .ok_or_else(|| Error::not_found("the alias's server gave no room id"))?;
+        let mut servers: Vec<String> = v
+            .get("servers")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        servers.push(alias.server_name().to_string());
+        return Ok((room_id, servers));
     }
+    let (room_id, _) = api
+        .rooms
+        .store()
+        .select_alias(alias.as_str())
+        .await
+        .map_err(storage_error)?
+        .ok_or_else(|| Error::not_found("room alias not found"))?;
+    let room_id =
+        OwnedRoomId::try_from(room_id).map_err(|_| Error::internal("stored room id is invalid"))?;
+    Ok((room_id, Vec::new()))
+}
+
+/// Joins a room we know, or one we do not through the servers given (and the room id's
+/// own server, for versions whose ids carry one).
+async fn join_anywhere(
+    api: &ClientApi,
+    room_id: &ruma::RoomId,
+    user: &ruma::UserId,
+    reason: Option<&str>,
+    mut via: Vec<String>,
+) -> ApiResult<OwnedRoomId> {
+    let known = api
+        .rooms
+        .store()
+        .select_room(room_id.as_str())
+        .await
+        .map_err(storage_error)?
+        .is_some();
+    if known {
+        return Ok(api.rooms.join(room_id, user, reason).await?.room_id);
+    }
+    let Some(fed) = &api.federation else {
+        return Err(Error::not_found("unknown room (federation is off)").into());
+    };
+    if let Some(server) = room_id.server_name() {
+        via.push(server.to_string());
+    }
+    via.dedup();
+    Ok(ganglion_federation::join::join_remote(
+        &fed.client,
+        &fed.keys,
+        &fed.key,
+        &api.rooms,
+        room_id,
+        user,
+        &via,
+    )
+    .await?)
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`.
@@ -59,11 +136,15 @@ pub async fn join_room_by_id(
     req: Authed<join_room_by_id::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     api.room_limit.check(req.user().as_str())?;
-    let out = api
-        .rooms
-        .join(&req.body.room_id, req.user(), req.body.reason.as_deref())
-        .await?;
-    Ok(Json(json!({ "room_id": out.room_id })))
+    let room_id = join_anywhere(
+        &api,
+        &req.body.room_id,
+        req.user(),
+        req.body.reason.as_deref(),
+        Vec::new(),
+    )
+    .await?;
+    Ok(Json(json!({ "room_id": room_id })))
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`.
@@ -72,12 +153,17 @@ pub async fn join_room_by_id_or_alias(
     req: Authed<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<Json<Value>> {
     api.room_limit.check(req.user().as_str())?;
-    let room_id = resolve_room(&api, &req.body.room_id_or_alias).await?;
-    let out = api
-        .rooms
-        .join(&room_id, req.user(), req.body.reason.as_deref())
-        .await?;
-    Ok(Json(json!({ "room_id": out.room_id })))
+    let (room_id, mut servers) = resolve_room_and_servers(&api, &req.body.room_id_or_alias).await?;
+    servers.extend(req.body.via.iter().map(ToString::to_string));
+    let room_id = join_anywhere(
+        &api,
+        &room_id,
+        req.user(),
+        req.body.reason.as_deref(),
+        servers,
+    )
+    .await?;
+    Ok(Json(json!({ "room_id": room_id })))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`.
