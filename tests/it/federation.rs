@@ -606,3 +606,222 @@ async fn a_ganglion_user_joins_synapse_rooms() {
     assert_eq!(bodies(&bob, &room).await, sent, "Synapse's order");
     srv.cleanup().await;
 }
+
+/// Two Ganglion servers federate as they do with Synapse: a user of one joins a room on
+/// the other by alias, and messages cross both ways in the same order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ganglions_federate() {
+    let ca = test_ca();
+    let (one, _) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let (two, two_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let carol = two.user("carol").await;
+    let local = format!("g2{}", rand::random::<u32>());
+    let room = carol
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let dave = one.user("dave").await;
+    let joined = dave
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{two_name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        carol.send_text(&room, &format!("c{i}")).await;
+        sent.push(format!("c{i}"));
+    }
+    wait_for_bodies(&dave, &room, &sent, "server one").await;
+    for i in 0..30 {
+        dave.send_text(&room, &format!("d{i}")).await;
+        sent.push(format!("d{i}"));
+    }
+    wait_for_bodies(&carol, &room, &sent, "server two").await;
+    assert_eq!(bodies(&carol, &room).await, sent);
+    assert_eq!(bodies(&dave, &room).await, sent);
+    one.cleanup().await;
+    two.cleanup().await;
+}
+
+/// Bad input from a remote server, each refused with the right error and nothing from
+/// it accepted: a transaction whose origin is not its signer, one over the PDU limit, a
+/// PDU with a bad signature, one with a wrong content hash, one from a server whose
+/// user is not in the room (failing the auth rules), and an unsigned request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_from_a_remote_is_refused() {
+    let ca = test_ca();
+    let (home, home_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    // The "remote": a real server, so that its keys are published; the test signs with
+    // its key file.
+    let (evil, evil_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let evil_key = ganglion_rooms::ServerKey::load_or_generate(
+        &evil.dir.join("signing.key").display().to_string(),
+    )
+    .expect("the remote's key");
+    let alice = home.user("alice").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_version": "11" }))
+        .await;
+    let last = bodies_and_ids(&alice, &room).await;
+    let http = https(&ca);
+
+    let send = |txn: Value, origin_header: &str, path: &str| {
+        let auth = ganglion_federation::xmatrix::sign(
+            &evil_key.pair,
+            origin_header,
+            &home_name,
+            "PUT",
+            path,
+            Some(ruma_value(&txn)),
+        )
+        .expect("sign");
+        let req = http
+            .put(format!("https://{home_name}{path}"))
+            .header("authorization", auth)
+            .json(&txn);
+        async move {
+            let r = req.send().await.expect("answer");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    // A message from a user of the remote, who is not in the room.
+    let mut pdu = json!({
+        "type": "m.room.message",
+        "room_id": room,
+        "sender": format!("@mallory:{evil_name}"),
+        "content": { "msgtype": "m.text", "body": "let me in" },
+        "origin_server_ts": 1_700_000_000_000_i64,
+        "depth": 100,
+        "prev_events": [last.1],
+        "auth_events": [],
+    });
+    sign_pdu(&mut pdu, &evil_key, &evil_name);
+    let good_sig = pdu.clone();
+
+    let path = "/_matrix/federation/v1/send/t1";
+    let txn = |pdus: Vec<Value>, origin: &str| json!({ "origin": origin, "origin_server_ts": 1, "pdus": pdus, "edus": [] });
+    // The transaction claims another origin than the signer.
+    let (status, body) = send(txn(vec![good_sig.clone()], &home_name), &evil_name, path).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+    // Over the limit.
+    let many: Vec<Value> = (0..51).map(|_| good_sig.clone()).collect();
+    let (status, body) = send(
+        txn(many, &evil_name),
+        &evil_name,
+        "/_matrix/federation/v1/send/t2",
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (413, Some("M_TOO_LARGE")),
+        "{body}"
+    );
+    // Fails the auth rules (mallory is not a member).
+    let (status, body) = send(
+        txn(vec![good_sig.clone()], &evil_name),
+        &evil_name,
+        "/_matrix/federation/v1/send/t3",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let result = body["pdus"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        result["error"].as_str().is_some_and(|e| e.contains("auth")),
+        "{body}"
+    );
+    // A bad signature.
+    let mut bad_sig = good_sig.clone();
+    bad_sig["signatures"][&evil_name] = json!({ &evil_key.key_id: "AAAA" });
+    let (_, body) = send(
+        txn(vec![bad_sig], &evil_name),
+        &evil_name,
+        "/_matrix/federation/v1/send/t4",
+    )
+    .await;
+    let result = body["pdus"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        result["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("signature")),
+        "{body}"
+    );
+    // A wrong content hash (the content changed after signing).
+    let mut bad_hash = good_sig.clone();
+    bad_hash["content"]["body"] = json!("changed");
+    let (_, body) = send(
+        txn(vec![bad_hash], &evil_name),
+        &evil_name,
+        "/_matrix/federation/v1/send/t5",
+    )
+    .await;
+    let result = body["pdus"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        result["error"].is_string(),
+        "a changed event is refused: {body}"
+    );
+    // Unsigned.
+    let r = http
+        .put(format!("https://{home_name}/_matrix/federation/v1/send/t6"))
+        .json(&txn(vec![], &evil_name))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 401);
+    // Nothing of it reached the room.
+    assert_eq!(bodies_and_ids(&alice, &room).await, last);
+    home.cleanup().await;
+    evil.cleanup().await;
+}
+
+/// The room's message count and newest event id, as seen by `c`.
+async fn bodies_and_ids(c: &Client, room: &str) -> (usize, String) {
+    let page = c
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+            enc(room)
+        ))
+        .await;
+    let chunk = page.body["chunk"].as_array().cloned().unwrap_or_default();
+    let newest = chunk
+        .first()
+        .and_then(|e| e["event_id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    (chunk.len(), newest)
+}
+
+fn ruma_value(v: &Value) -> ruma::CanonicalJsonValue {
+    ruma::CanonicalJsonValue::try_from(v.clone()).expect("canonical JSON")
+}
+
+/// Hashes and signs a PDU (room v11 rules) as `server`.
+fn sign_pdu(pdu: &mut Value, key: &ganglion_rooms::ServerKey, server: &str) {
+    let rules = ruma::RoomVersionId::V11.rules().expect("v11");
+    let ruma::CanonicalJsonValue::Object(mut obj) = ruma_value(pdu) else {
+        panic!("an object")
+    };
+    ruma::signatures::hash_and_sign_event(server, &key.pair, &mut obj, &rules.redaction)
+        .expect("sign");
+    *pdu = serde_json::to_value(ruma::CanonicalJsonValue::Object(obj)).expect("json");
+}
