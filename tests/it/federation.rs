@@ -42,7 +42,9 @@ struct Synapse {
     client: String,
     server_name: String,
     pid: u32,
-    _dir: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    ca: PathBuf,
 }
 
 impl Synapse {
@@ -52,9 +54,42 @@ impl Synapse {
             .expect("port")
             .port();
         let dir = std::env::temp_dir().join(format!("ganglion-synapse-{port}"));
+        Self::start_at(port, dir, ca)
+    }
+
+    /// Stops it (SIGTERM) and waits until it is gone.
+    fn stop(&self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while Path::new(&format!("/proc/{}", self.pid)).exists() {
+            assert!(std::time::Instant::now() < deadline, "Synapse did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    fn restart(&mut self) {
+        let (_, _, pid) = Self::launch(self.port, &self.dir, &self.ca);
+        self.pid = pid;
+    }
+
+    fn start_at(port: u16, dir: PathBuf, ca: &Path) -> Synapse {
+        let (client, server_name, pid) = Self::launch(port, &dir, ca);
+        Synapse {
+            client,
+            server_name,
+            pid,
+            port,
+            dir,
+            ca: ca.to_owned(),
+        }
+    }
+
+    /// Runs start-synapse.sh: (client URL, server name, pid).
+    fn launch(port: u16, dir: &Path, ca: &Path) -> (String, String, u32) {
         let out = Command::new(repo_tests_dir().join("synapse/start-synapse.sh"))
             .arg(port.to_string())
-            .arg(&dir)
+            .arg(dir)
             .env("SYNAPSE_FEDERATION", "1")
             .env("SYNAPSE_CA_DIR", ca)
             .output()
@@ -72,12 +107,11 @@ impl Synapse {
                 .unwrap_or_else(|| panic!("no {k} in {line}"))
                 .to_owned()
         };
-        Synapse {
-            client: field("client"),
-            server_name: field("server_name"),
-            pid: field("pid").parse().expect("pid"),
-            _dir: dir,
-        }
+        (
+            field("client"),
+            field("server_name"),
+            field("pid").parse().expect("pid"),
+        )
     }
 
     async fn user(&self, name: &str) -> Client {
@@ -824,4 +858,42 @@ fn sign_pdu(pdu: &mut Value, key: &ganglion_rooms::ServerKey, server: &str) {
     ruma::signatures::hash_and_sign_event(server, &key.pair, &mut obj, &rules.redaction)
         .expect("sign");
     *pdu = serde_json::to_value(ruma::CanonicalJsonValue::Object(obj)).expect("json");
+}
+
+/// Synapse stopped while a Ganglion user sends 50 messages into a room it shares, then
+/// restarted: Ganglion's sender keeps retrying the same transaction with back-off, and
+/// all 50 arrive, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_synapse_is_down_arrive_after_it_restarts() {
+    let ca = test_ca();
+    let mut synapse = Synapse::start(&ca);
+    let (srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let alice = srv.user("alice").await;
+    let local = format!("down{}", rand::random::<u32>());
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let bob = synapse.user("bob").await;
+    let joined = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+
+    synapse.stop();
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        alice.send_text(&room, &format!("while-down-{i}")).await;
+        sent.push(format!("while-down-{i}"));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    synapse.restart();
+    wait_for_bodies(&bob, &room, &sent, "Synapse after its restart").await;
+    assert_eq!(bodies(&bob, &room).await, sent, "in order");
+    srv.cleanup().await;
 }
