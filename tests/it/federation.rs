@@ -897,3 +897,154 @@ async fn messages_sent_while_synapse_is_down_arrive_after_it_restarts() {
     assert_eq!(bodies(&bob, &room).await, sent, "in order");
     srv.cleanup().await;
 }
+
+/// Moderation crosses servers: a power-level change made on one side is enforced on the
+/// other, and a Synapse admin's kick and ban of a Ganglion user are obeyed by Ganglion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_levels_kicks_and_bans_cross() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+
+    // A Ganglion room: alice makes sending need power 50; bob (0) is refused on Synapse.
+    let alice = srv.user("alice").await;
+    let local = format!("pl{}", rand::random::<u32>());
+    let ours = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let bob = synapse.user("bob").await;
+    let joined = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let pl_path = |room: &str| {
+        format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+            enc(room)
+        )
+    };
+    let mut pl = alice.get(&pl_path(&ours)).await.ok();
+    pl["events_default"] = json!(50);
+    alice.put(&pl_path(&ours), pl).await.ok();
+    wait_until(|| async { bob.get(&pl_path(&ours)).await.body["events_default"] == json!(50) })
+        .await;
+    let refused = bob
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                enc(&ours)
+            ),
+            json!({ "msgtype": "m.text", "body": "may I?" }),
+        )
+        .await;
+    assert_eq!(
+        refused.status, 403,
+        "Synapse enforces our power levels: {}",
+        refused.body
+    );
+
+    // A Synapse room: bob raises events_default; alice is refused on Ganglion. Then bob
+    // kicks her, and after that bans her: Ganglion obeys both.
+    let theirs_local = format!("mod{}", rand::random::<u32>());
+    let theirs = bob
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": theirs_local }))
+        .await;
+    let joined = alice
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{theirs_local}:{}", synapse.server_name))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let mut pl = bob.get(&pl_path(&theirs)).await.ok();
+    pl["events_default"] = json!(50);
+    bob.put(&pl_path(&theirs), pl).await.ok();
+    wait_until(|| async { alice.get(&pl_path(&theirs)).await.body["events_default"] == json!(50) })
+        .await;
+    let refused = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1",
+                enc(&theirs)
+            ),
+            json!({ "msgtype": "m.text", "body": "may I?" }),
+        )
+        .await;
+    assert_eq!(
+        refused.status, 403,
+        "Ganglion enforces Synapse's power levels: {}",
+        refused.body
+    );
+
+    let member_path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        enc(&theirs),
+        enc(&alice.user_id)
+    );
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/kick", enc(&theirs)),
+        json!({ "user_id": alice.user_id, "reason": "out" }),
+    )
+    .await
+    .ok();
+    wait_until(|| async { alice.get(&member_path).await.body["membership"] == json!("leave") })
+        .await;
+    // A ban of a joined Ganglion user (Synapse sends it to the servers in the room).
+    let erin = srv.user("erin").await;
+    let joined = erin
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{theirs_local}:{}", synapse.server_name))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let erin_path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        enc(&theirs),
+        enc(&erin.user_id)
+    );
+    wait_until(|| async { bob.get(&erin_path).await.body["membership"] == json!("join") }).await;
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/ban", enc(&theirs)),
+        json!({ "user_id": erin.user_id, "reason": "gone" }),
+    )
+    .await
+    .ok();
+    wait_until(|| async { erin.get(&erin_path).await.body["membership"] == json!("ban") }).await;
+    let r = erin
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&theirs)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 403, "a banned user cannot rejoin: {}", r.body);
+    srv.cleanup().await;
+}
+
+/// Polls `check` every 200 ms for up to 30 s.
+async fn wait_until<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met in 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
