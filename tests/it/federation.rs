@@ -1048,3 +1048,57 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A Ganglion user invites a Synapse user to a private room: Synapse countersigns the
+/// invite (invite v2), shows it to its user, who accepts by joining through Ganglion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ganglion_user_invites_a_synapse_user() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, _name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let alice = srv.user("alice").await;
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "name": "invite only" }))
+        .await;
+    let bob = synapse.user("bob").await;
+    let invited = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    // Ganglion stored the invite with Synapse's signature on it.
+    let member = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(&room),
+            enc(&bob.user_id)
+        ))
+        .await
+        .ok();
+    assert_eq!(member["membership"], "invite");
+    // Synapse shows it to bob.
+    wait_until(|| async {
+        bob.sync(None, 0).await["rooms"]["invite"]
+            .get(&room)
+            .is_some()
+    })
+    .await;
+    let joined = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let members = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await
+        .ok();
+    assert!(members["joined"].get(&bob.user_id).is_some(), "{members}");
+    srv.cleanup().await;
+}

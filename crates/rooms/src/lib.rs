@@ -62,6 +62,21 @@ struct Inner {
     locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     heads: std::sync::Mutex<head::Heads>,
     pdu_cache: std::sync::Mutex<HashMap<String, Arc<Pdu>>>,
+    /// Asks an invitee's server to countersign an invite (set when federation is on).
+    remote_inviter: std::sync::OnceLock<Arc<dyn RemoteInviter>>,
+}
+
+/// Gets an invite of a user of another server signed by that server (Server-Server
+/// API, "Inviting to a room"): implemented by the federation crate.
+pub trait RemoteInviter: Send + Sync + std::fmt::Debug {
+    /// Sends `event` (signed by us) with the room's stripped state to the invitee's
+    /// server; returns the event with its signature added.
+    fn invite(
+        &self,
+        room_version: RoomVersionId,
+        event: ruma::CanonicalJsonObject,
+        invite_room_state: Vec<serde_json::Value>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<ruma::CanonicalJsonObject>> + Send + '_>>;
 }
 
 /// PDUs kept in memory (auth events, mostly); beyond this the cache is emptied.
@@ -88,6 +103,7 @@ impl Rooms {
                 locks: Default::default(),
                 heads: Default::default(),
                 pdu_cache: Default::default(),
+                remote_inviter: Default::default(),
             }),
         }
     }
@@ -112,8 +128,14 @@ impl Rooms {
                 locks: Default::default(),
                 heads: Default::default(),
                 pdu_cache: Default::default(),
+                remote_inviter: Default::default(),
             }),
         }
+    }
+
+    /// Lets invites of other servers' users go through `inviter` (once, at start).
+    pub fn set_remote_inviter(&self, inviter: Arc<dyn RemoteInviter>) {
+        let _ = self.inner.remote_inviter.set(inviter);
     }
 
     /// The server name.

@@ -189,18 +189,21 @@ impl Rooms {
         reason: Option<&str>,
         is_direct: bool,
     ) -> Result<SendOutcome> {
-        if target.server_name() != self.server_name() {
+        let remote = target.server_name() != self.server_name();
+        if remote && self.inner.remote_inviter.get().is_none() {
             return Err(Error::forbidden(
                 "inviting users on other servers needs federation, which is not enabled",
             ));
         }
-        if self
-            .inner
-            .store
-            .select_user(target.as_str())
-            .await
-            .map_err(storage_error)?
-            .is_none()
+        // A remote user's existence is for their server to say (it countersigns).
+        if !remote
+            && self
+                .inner
+                .store
+                .select_user(target.as_str())
+                .await
+                .map_err(storage_error)?
+                .is_none()
         {
             return Err(Error::not_found("unknown user"));
         }

@@ -207,6 +207,18 @@ impl Rooms {
             self.check_redaction_power(&pdu, &rules, &by_key).await?;
         }
 
+        // An invite of another server's user needs that server's signature first.
+        let mut pdu = pdu;
+        if let Some(invitee) = tpl.state_key.as_deref()
+            && tpl.kind == "m.room.member"
+            && tpl.content.get("membership").and_then(|m| m.as_str()) == Some("invite")
+            && let Ok(invitee) = ruma::UserId::parse(invitee)
+            && invitee.server_name() != self.inner.server_name
+        {
+            pdu = self
+                .countersigned_invite(&req.room_id, &version, pdu, &by_key)
+                .await?;
+        }
         let unsigned = match &tpl.state_key {
             Some(sk) if creating.is_none() => {
                 self.replaced_state_unsigned(&req.room_id, &tpl.kind, sk)
@@ -275,6 +287,63 @@ impl Rooms {
             room_id: pdu.room_id,
             pos: StreamPos(persisted.stream_ordering),
         })
+    }
+
+    /// Sends an invite to the invitee's server and returns it with that server's
+    /// signature (the event id does not change: signatures are not hashed).
+    async fn countersigned_invite(
+        &self,
+        room_id: &OwnedRoomId,
+        version: &RoomVersionId,
+        pdu: Pdu,
+        state: &HashMap<(StateEventType, String), &Pdu>,
+    ) -> Result<Pdu> {
+        let Some(inviter) = self.inner.remote_inviter.get() else {
+            return Err(Error::forbidden(
+                "inviting users of other servers needs federation, which is off",
+            ));
+        };
+        let Ok(ruma::CanonicalJsonValue::Object(obj)) =
+            serde_json::from_str::<ruma::CanonicalJsonValue>(&pdu.json)
+        else {
+            return Err(Error::internal("our own event is not canonical JSON"));
+        };
+        // Stripped state for the invitee's client (spec: "Stripped state").
+        let stripped: Vec<serde_json::Value> = [
+            StateEventType::RoomCreate,
+            StateEventType::RoomJoinRules,
+            StateEventType::RoomName,
+            StateEventType::RoomCanonicalAlias,
+            StateEventType::RoomAvatar,
+            StateEventType::RoomTopic,
+            StateEventType::RoomEncryption,
+        ]
+        .iter()
+        .filter_map(|t| state.get(&(t.clone(), String::new())))
+        .map(|p| {
+            json!({
+                "type": p.kind.to_string(),
+                "state_key": p.state_key,
+                "sender": p.sender,
+                "content": p.content_as::<serde_json::Value>().unwrap_or_default(),
+            })
+        })
+        .collect();
+        let signed = inviter.invite(version.clone(), obj, stripped).await?;
+        let json: Arc<str> = serde_json::to_string(&signed)
+            .map_err(|e| Error::internal(e.to_string()))?
+            .into();
+        let back = Pdu::from_json(json, Some(pdu.event_id.clone()), Some(room_id.clone()))
+            .map_err(|e| Error::bad_json(format!("the invitee's server answered badly: {e}")))?;
+        if back.content.get() != pdu.content.get()
+            || back.state_key != pdu.state_key
+            || back.sender != pdu.sender
+        {
+            return Err(Error::bad_json(
+                "the invitee's server changed the invite it signed",
+            ));
+        }
+        Ok(back)
     }
 
     /// `prev_content`, `prev_sender` and `replaces_state` of a state event (client `unsigned`).

@@ -152,6 +152,9 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     let mut federation_api = None;
     let federation = match &federation_client {
         Some(client) => {
+            rooms.set_remote_inviter(Arc::new(ganglion_federation::invite::Inviter {
+                client: client.clone(),
+            }));
             ganglion_federation::sender::start(client.clone(), store.clone(), &bus, tasks.clone());
             let fed = &config.federation;
             let tls = ganglion_federation::listener::tls_config(
