@@ -1102,3 +1102,152 @@ async fn a_ganglion_user_invites_a_synapse_user() {
     assert!(members["joined"].get(&bob.user_id).is_some(), "{members}");
     srv.cleanup().await;
 }
+
+/// Typing notifications, read receipts and profile changes cross in both directions
+/// (m.typing and m.receipt EDUs; profile changes as member events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_receipts_and_profiles_cross() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let alice = srv.user("alice").await;
+    let local = format!("edu{}", rand::random::<u32>());
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let bob = synapse.user("bob").await;
+    let joined = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let from_alice = alice.send_text(&room, "read me").await;
+    wait_for_bodies(&bob, &room, &["read me".to_owned()], "Synapse").await;
+    let from_bob = bob.send_text(&room, "and me").await;
+    wait_for_bodies(&alice, &room, &["and me".to_owned()], "Ganglion").await;
+
+    let ephemeral = |c: Client, kind: &'static str| {
+        let room = room.clone();
+        async move {
+            // Synapse answers an identical initial sync from a cache for two minutes: a
+            // different timeline limit each time makes each request its own.
+            let filter = enc(
+                &json!({ "room": { "timeline": { "limit": 20 + rand::random::<u8>() as u32 } } })
+                    .to_string(),
+            );
+            let s = c
+                .get(&format!(
+                    "/_matrix/client/v3/sync?timeout=0&filter={filter}"
+                ))
+                .await
+                .body;
+            s["rooms"]["join"][&room]["ephemeral"]["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|e| e["type"] == kind)
+                .map(|e| e["content"].clone())
+                .unwrap_or_default()
+        }
+    };
+    let typing = |c: &Client, who: &Client| {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/typing/{}",
+            enc(&room),
+            enc(&who.user_id)
+        );
+        let c = c.clone();
+        async move {
+            c.put(&path, json!({ "typing": true, "timeout": 20000 }))
+                .await
+                .ok();
+        }
+    };
+    // Typing, both ways.
+    typing(&alice, &alice).await;
+    wait_until(|| async {
+        ephemeral(bob.clone(), "m.typing").await["user_ids"]
+            .as_array()
+            .is_some_and(|u| u.contains(&json!(alice.user_id)))
+    })
+    .await;
+    typing(&bob, &bob).await;
+    wait_until(|| async {
+        ephemeral(alice.clone(), "m.typing").await["user_ids"]
+            .as_array()
+            .is_some_and(|u| u.contains(&json!(bob.user_id)))
+    })
+    .await;
+    // Receipts, both ways.
+    bob.post(
+        &format!(
+            "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+            enc(&room),
+            enc(&from_alice)
+        ),
+        json!({}),
+    )
+    .await
+    .ok();
+    wait_until(|| async {
+        !ephemeral(alice.clone(), "m.receipt").await[&from_alice]["m.read"][&bob.user_id].is_null()
+    })
+    .await;
+    alice
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&from_bob)
+            ),
+            json!({}),
+        )
+        .await
+        .ok();
+    wait_until(|| async {
+        !ephemeral(bob.clone(), "m.receipt").await[&from_bob]["m.read"][&alice.user_id].is_null()
+    })
+    .await;
+    // Profile changes, both ways (the member events carry them).
+    let rename = |c: &Client, to: &'static str| {
+        let c = c.clone();
+        async move {
+            c.put(
+                &format!("/_matrix/client/v3/profile/{}/displayname", enc(&c.user_id)),
+                json!({ "displayname": to }),
+            )
+            .await
+            .ok();
+        }
+    };
+    let member_name = |c: Client, of: String| {
+        let room = room.clone();
+        async move {
+            c.get(&format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&of)
+            ))
+            .await
+            .body["displayname"]
+                .clone()
+        }
+    };
+    rename(&alice, "Alice Renamed").await;
+    wait_until(|| async {
+        member_name(bob.clone(), alice.user_id.clone()).await == json!("Alice Renamed")
+    })
+    .await;
+    rename(&bob, "Bob Renamed").await;
+    wait_until(|| async {
+        member_name(alice.clone(), bob.user_id.clone()).await == json!("Bob Renamed")
+    })
+    .await;
+    srv.cleanup().await;
+}

@@ -1,12 +1,15 @@
-//! The federation sender, in-process (ARCHITECTURE §6): follows the events stream, and
-//! for every event sent by one of our users in a room with members on other servers,
-//! queues it for each of those servers; one transaction in flight per destination (at
-//! most 50 PDUs), retried with exponential back-off (capped) until the destination
-//! takes it. A destination's last sent position is committed to `shard_cursors`.
+//! The federation sender, in-process (ARCHITECTURE §6): follows the events, typing and
+//! receipts streams; every event sent by one of our users in a room with members on
+//! other servers is queued for each of those servers, with our users' typing changes
+//! (`m.typing`) and public read receipts (`m.receipt`). One transaction in flight per
+//! destination (at most 50 PDUs and 100 EDUs), retried with exponential back-off
+//! (capped) until the destination takes it. A destination's last sent events position is
+//! committed to `shard_cursors`.
 //!
 //! Not built yet: catching up after a restart or a bus gap from those cursors (events
-//! committed while the sender was down are not sent), EDUs, waking a backed-off
-//! destination when it contacts us, and sharing destinations among several senders.
+//! committed while the sender was down are not sent), presence and device-list EDUs,
+//! waking a backed-off destination when it contacts us, and sharing destinations among
+//! several senders.
 
 use std::{
     collections::HashMap,
@@ -33,11 +36,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The role name under which cursors are kept.
 const ROLE: &str = "federation-sender";
 
-/// One event to send: its stream position and federation JSON.
+/// Most EDUs in one transaction (spec).
+const MAX_EDUS: usize = 100;
+
+/// One thing to send: an event (with its stream position) or an EDU.
 #[derive(Debug, Clone)]
-struct Outgoing {
-    pos: i64,
-    pdu: Value,
+enum Outgoing {
+    Pdu { pos: i64, pdu: Value },
+    Edu(Value),
 }
 
 /// Starts the sender; it stops with `shutdown`.
@@ -54,6 +60,8 @@ async fn follow(
 ) {
     let mut queues: HashMap<String, mpsc::UnboundedSender<Outgoing>> = HashMap::new();
     let txn_counter = Arc::new(AtomicU64::new(0));
+    // Our users typing in each room, as last announced (typing entries carry the list).
+    let mut typing: HashMap<String, Vec<String>> = HashMap::new();
     loop {
         let delivery = tokio::select! {
             d = sub.recv() => d,
@@ -61,6 +69,21 @@ async fn follow(
         };
         let entry = match delivery {
             Delivery::Entry(e) if e.stream == StreamKind::Events as i32 => e,
+            Delivery::Entry(e)
+                if e.stream == StreamKind::Typing as i32
+                    || e.stream == StreamKind::Receipts as i32 =>
+            {
+                for (room_id, edu) in edus_of(&e, client.origin(), &mut typing) {
+                    let Ok(dests) = destinations(&store, &room_id, client.origin()).await else {
+                        continue;
+                    };
+                    for d in dests {
+                        let q = queue(&mut queues, &d, &client, &store, &txn_counter, &shutdown);
+                        let _ = q.send(Outgoing::Edu(edu.clone()));
+                    }
+                }
+                continue;
+            }
             Delivery::Entry(_) => continue,
             Delivery::Gap => {
                 tracing::warn!(
@@ -99,25 +122,70 @@ async fn follow(
                 continue;
             };
             for d in destinations {
-                let q = queues.entry(d.clone()).or_insert_with(|| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    tokio::spawn(destination_loop(
-                        client.clone(),
-                        store.clone(),
-                        d.clone(),
-                        rx,
-                        txn_counter.clone(),
-                        shutdown.clone(),
-                    ));
-                    tx
-                });
-                let _ = q.send(Outgoing {
+                let q = queue(&mut queues, &d, &client, &store, &txn_counter, &shutdown);
+                let _ = q.send(Outgoing::Pdu {
                     pos: row.stream_ordering,
                     pdu: pdu.clone(),
                 });
             }
         }
     }
+}
+
+/// A destination's queue, its task started on first use.
+fn queue<'a>(
+    queues: &'a mut HashMap<String, mpsc::UnboundedSender<Outgoing>>,
+    destination: &str,
+    client: &FederationClient,
+    store: &Store,
+    counter: &Arc<AtomicU64>,
+    shutdown: &CancellationToken,
+) -> &'a mpsc::UnboundedSender<Outgoing> {
+    queues.entry(destination.to_owned()).or_insert_with(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(destination_loop(
+            client.clone(),
+            store.clone(),
+            destination.to_owned(),
+            rx,
+            counter.clone(),
+            shutdown.clone(),
+        ));
+        tx
+    })
+}
+
+/// The EDUs a typing or receipts entry stands for, per room: typing changes of our
+/// users (against the last list seen), and our users' public read receipts.
+fn edus_of(
+    entry: &ganglion_bus::Entry,
+    origin: &str,
+    typing: &mut HashMap<String, Vec<String>>,
+) -> Vec<(String, Value)> {
+    let ours = |u: &str| ruma::UserId::parse(u).is_ok_and(|u| u.server_name().as_str() == origin);
+    let mut out = Vec::new();
+    for row in &entry.rows {
+        if entry.stream == StreamKind::Typing as i32 {
+            let now: Vec<String> = row.user_ids.iter().filter(|u| ours(u)).cloned().collect();
+            let before = typing
+                .insert(row.room_id.clone(), now.clone())
+                .unwrap_or_default();
+            for u in now.iter().filter(|u| !before.contains(u)) {
+                out.push((row.room_id.clone(), json!({ "edu_type": "m.typing", "content": { "room_id": row.room_id, "user_id": u, "typing": true } })));
+            }
+            for u in before.iter().filter(|u| !now.contains(u)) {
+                out.push((row.room_id.clone(), json!({ "edu_type": "m.typing", "content": { "room_id": row.room_id, "user_id": u, "typing": false } })));
+            }
+        } else if row.kind == "m.read" && ours(&row.user_id) {
+            // Private receipts (m.read.private) never leave the server.
+            out.push((
+                row.room_id.clone(),
+                json!({ "edu_type": "m.receipt", "content": { &row.room_id: { "m.read": { &row.user_id: {
+                    "event_ids": [row.event_id], "data": { "ts": now_ms() } } } } } }),
+            ));
+        }
+    }
+    out
 }
 
 /// The other servers with joined members in a room.
@@ -152,19 +220,27 @@ async fn destination_loop(
             m = rx.recv() => match m { Some(m) => m, None => break },
             () = shutdown.cancelled() => break,
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_PDUS {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+        let (mut pdus, mut edus, mut last) = (Vec::new(), Vec::new(), 0);
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                Outgoing::Pdu { pos, pdu } => {
+                    pdus.push(pdu);
+                    last = last.max(pos);
+                }
+                Outgoing::Edu(e) => edus.push(e),
             }
+            if pdus.len() >= MAX_PDUS || edus.len() >= MAX_EDUS {
+                break;
+            }
+            next = rx.try_recv().ok();
         }
         let txn = format!("{}-{}", now_ms(), counter.fetch_add(1, Ordering::Relaxed));
         let body = json!({
             "origin": client.origin(),
             "origin_server_ts": now_ms(),
-            "pdus": batch.iter().map(|o| o.pdu.clone()).collect::<Vec<_>>(),
-            "edus": [],
+            "pdus": pdus,
+            "edus": edus,
         });
         let path = format!("/_matrix/federation/v1/send/{txn}");
         // The same transaction, id and all, until the destination takes it.
@@ -175,15 +251,17 @@ async fn destination_loop(
             {
                 Ok(_) => {
                     backoff = Duration::from_millis(500);
-                    let last = batch.iter().map(|o| o.pos).max().unwrap_or(0);
-                    if let Err(e) = store
-                        .advance_shard_cursor(ROLE, &destination, last, client.origin())
-                        .await
+                    if last > 0
+                        && let Err(e) = store
+                            .advance_shard_cursor(ROLE, &destination, last, client.origin())
+                            .await
                     {
                         tracing::warn!(%destination, error = %e, "cannot commit the destination's cursor");
                     }
                     metrics::counter!("ganglion_federation_pdus_sent_total")
-                        .increment(batch.len() as u64);
+                        .increment(pdus.len() as u64);
+                    metrics::counter!("ganglion_federation_edus_sent_total")
+                        .increment(edus.len() as u64);
                     break;
                 }
                 Err(e) => {

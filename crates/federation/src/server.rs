@@ -36,6 +36,10 @@ pub struct FederationApi {
     pub old_keys: std::collections::BTreeMap<String, ganglion_core::config::OldSigningKey>,
     /// Rooms (joins through us).
     pub rooms: ganglion_rooms::Rooms,
+    /// Typing notifications (remote users' `m.typing`).
+    pub typing: ganglion_rooms::typing::Typing,
+    /// The receipts stream (remote users' `m.receipt`).
+    pub receipts: Arc<ganglion_rooms::streams::StreamWriter>,
 }
 
 /// The federation routes (the listener adds the 404 `M_UNRECOGNIZED` fallback).
@@ -463,6 +467,16 @@ async fn send_transaction(
         .into());
     }
     let mut results = serde_json::Map::new();
+    for edu in body
+        .get("edus")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Err(e) = accept_edu(&api, &origin, edu).await {
+            tracing::debug!(%origin, error = %e.message, "ignored an EDU");
+        }
+    }
     for pdu in pdus {
         let (id, outcome) = accept_pdu(&api, &origin, pdu).await;
         let entry = match outcome {
@@ -533,4 +547,93 @@ async fn accept_pdu(api: &FederationApi, origin: &str, pdu: Value) -> (String, R
     }
     .await;
     (id, outcome)
+}
+
+/// Applies one EDU from `origin`: typing and read receipts of its own users in rooms
+/// they are joined to. Other EDU types are ignored (not built yet).
+async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<(), Error> {
+    let of_origin =
+        |u: &str| ruma::UserId::parse(u).is_ok_and(|u| u.server_name().as_str() == origin);
+    let content = edu.get("content").cloned().unwrap_or_default();
+    match edu.get("edu_type").and_then(Value::as_str) {
+        Some("m.typing") => {
+            let room = content
+                .get("room_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let user = content
+                .get("user_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !of_origin(user) || !api.rooms.is_joined(user, room).await? {
+                return Err(Error::forbidden(
+                    "typing of a user not of the origin or not joined",
+                ));
+            }
+            let typing = content
+                .get("typing")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let timeout = content
+                .get("timeout")
+                .and_then(Value::as_u64)
+                .unwrap_or(30_000);
+            api.typing
+                .set(
+                    room,
+                    user,
+                    typing.then(|| std::time::Duration::from_millis(timeout)),
+                )
+                .await?;
+        }
+        Some("m.receipt") => {
+            for (room, by_type) in content.as_object().into_iter().flatten() {
+                let Some(reads) = by_type.get("m.read").and_then(Value::as_object) else {
+                    continue;
+                };
+                for (user, r) in reads {
+                    if !of_origin(user) || !api.rooms.is_joined(user, room).await? {
+                        continue;
+                    }
+                    let Some(event_id) = r
+                        .get("event_ids")
+                        .and_then(Value::as_array)
+                        .and_then(|a| a.first())
+                        .and_then(Value::as_str)
+                    else {
+                        continue;
+                    };
+                    let known = api
+                        .store
+                        .select_event(event_id)
+                        .await
+                        .map_err(|e| Error::internal(e.to_string()))?;
+                    if known.is_none_or(|e| e.room_id != *room) {
+                        continue;
+                    }
+                    let thread = r
+                        .get("data")
+                        .and_then(|d| d.get("thread_id"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    api.receipts
+                        .record_receipt(
+                            &api.store,
+                            ganglion_storage::receipts::ReceiptRow {
+                                room_id: room.clone(),
+                                user_id: user.clone(),
+                                receipt_type: "m.read".into(),
+                                thread_id: thread.to_owned(),
+                                event_id: event_id.to_owned(),
+                                ts: now_ms(),
+                                stream_id: 0,
+                            },
+                        )
+                        .await?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }

@@ -147,3 +147,31 @@ impl StreamWriters {
         }
     }
 }
+
+impl StreamWriter {
+    /// Records a read receipt at the next receipts-stream position (the writer must be
+    /// the receipts stream's) and announces it.
+    pub async fn record_receipt(
+        &self,
+        store: &Store,
+        receipt: ganglion_storage::receipts::ReceiptRow,
+    ) -> Result<StreamPos, Error> {
+        let row = Row {
+            room_id: receipt.room_id.clone(),
+            event_id: receipt.event_id.clone(),
+            user_id: receipt.user_id.clone(),
+            kind: receipt.receipt_type.clone(),
+            ..Default::default()
+        };
+        self.write(vec![row], |pos| async move {
+            store
+                .upsert_receipt(&ganglion_storage::receipts::ReceiptRow {
+                    stream_id: pos,
+                    ..receipt
+                })
+                .await
+                .map_err(crate::storage_error)
+        })
+        .await
+    }
+}

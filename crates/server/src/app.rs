@@ -181,6 +181,8 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                     .unwrap_or(i64::MAX),
                 old_keys: fed.old_signing_keys.clone(),
                 rooms: rooms.clone(),
+                typing: typing.clone(),
+                receipts: writers.receipts.clone(),
             };
             Some((ganglion_federation::router(api), tls))
         }

@@ -2,7 +2,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ganglion_bus::Row;
 use ganglion_core::{Error, Result, StreamPos, time::now_ms};
 use ganglion_rooms::{Rooms, storage_error, streams::StreamWriter, typing::Typing};
 use ganglion_storage::{Store, receipts::ReceiptRow};
@@ -81,28 +80,19 @@ impl Ephemeral {
                 )
                 .await;
         }
-        let row = Row {
-            room_id: room_id.to_owned(),
-            event_id: event_id.to_owned(),
-            user_id: user_id.to_owned(),
-            kind: receipt_type.to_owned(),
-            ..Default::default()
-        };
         self.receipts
-            .write(vec![row], |pos| async move {
-                self.store
-                    .upsert_receipt(&ReceiptRow {
-                        room_id: room_id.to_owned(),
-                        user_id: user_id.to_owned(),
-                        receipt_type: receipt_type.to_owned(),
-                        thread_id: thread_id.to_owned(),
-                        event_id: event_id.to_owned(),
-                        ts: now_ms(),
-                        stream_id: pos,
-                    })
-                    .await
-                    .map_err(storage_error)
-            })
+            .record_receipt(
+                &self.store,
+                ReceiptRow {
+                    room_id: room_id.to_owned(),
+                    user_id: user_id.to_owned(),
+                    receipt_type: receipt_type.to_owned(),
+                    thread_id: thread_id.to_owned(),
+                    event_id: event_id.to_owned(),
+                    ts: now_ms(),
+                    stream_id: 0,
+                },
+            )
             .await
     }
 }
