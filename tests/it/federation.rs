@@ -1251,3 +1251,45 @@ async fn typing_receipts_and_profiles_cross() {
     .await;
     srv.cleanup().await;
 }
+
+/// The federation sender killed with -9 (with main: in these shapes it runs in-process)
+/// while transactions to a stopped Synapse are pending, then restarted: it catches up
+/// from the destination's durable cursor, and Synapse's user gets every message exactly
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sender_catches_up_from_its_cursor() {
+    let ca = test_ca();
+    let mut synapse = Synapse::start(&ca);
+    let (mut srv, name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let alice = srv.user("alice").await;
+    let local = format!("kill{}", rand::random::<u32>());
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let bob = synapse.user("bob").await;
+    let joined = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let mut sent = vec!["before".to_owned()];
+    alice.send_text(&room, "before").await;
+    wait_for_bodies(&bob, &room, &sent, "Synapse").await;
+
+    synapse.stop();
+    for i in 0..20 {
+        alice.send_text(&room, &format!("pending-{i}")).await;
+        sent.push(format!("pending-{i}"));
+    }
+    srv.kill9();
+    srv.spawn().await;
+    synapse.restart();
+    wait_for_bodies(&bob, &room, &sent, "Synapse after both restarts").await;
+    assert_eq!(bodies(&bob, &room).await, sent, "exactly once, in order");
+    srv.cleanup().await;
+}

@@ -6,10 +6,13 @@
 //! (capped) until the destination takes it. A destination's last sent events position is
 //! committed to `shard_cursors`.
 //!
-//! Not built yet: catching up after a restart or a bus gap from those cursors (events
-//! committed while the sender was down are not sent), presence and device-list EDUs,
-//! waking a backed-off destination when it contacts us, and sharing destinations among
-//! several senders.
+//! On start and after a bus gap it catches up: every destination with a cursor gets our
+//! users' events after it (in rooms it is in). A destination that never had a
+//! transaction from us has no cursor, so events it missed before its first one are not
+//! caught up (backfill's job).
+//!
+//! Not built yet: presence and device-list EDUs, waking a backed-off destination when it
+//! contacts us, and sharing destinations among several senders.
 
 use std::{
     collections::HashMap,
@@ -62,6 +65,8 @@ async fn follow(
     let txn_counter = Arc::new(AtomicU64::new(0));
     // Our users typing in each room, as last announced (typing entries carry the list).
     let mut typing: HashMap<String, Vec<String>> = HashMap::new();
+    // What was committed but not sent before a restart: from each destination's cursor.
+    catch_up(&client, &store, &mut queues, &txn_counter, &shutdown).await;
     loop {
         let delivery = tokio::select! {
             d = sub.recv() => d,
@@ -87,8 +92,9 @@ async fn follow(
             Delivery::Entry(_) => continue,
             Delivery::Gap => {
                 tracing::warn!(
-                    "federation sender: bus gap; events in it are not sent (catch-up is not built)"
+                    "federation sender: bus gap; catching up from the destinations' cursors"
                 );
+                catch_up(&client, &store, &mut queues, &txn_counter, &shutdown).await;
                 continue;
             }
             Delivery::Closed => break,
@@ -129,6 +135,71 @@ async fn follow(
                 });
             }
         }
+    }
+}
+
+/// Most events one catch-up pass queues (a later gap or restart continues from the
+/// cursors).
+const CATCH_UP_LIMIT: i64 = 10_000;
+
+/// Queues, for every destination with a cursor, our users' events after it in rooms
+/// where the destination has joined members. A destination may get an event twice
+/// (once here, once live); receivers ignore events they already have.
+async fn catch_up(
+    client: &FederationClient,
+    store: &Store,
+    queues: &mut HashMap<String, mpsc::UnboundedSender<Outgoing>>,
+    counter: &Arc<AtomicU64>,
+    shutdown: &CancellationToken,
+) {
+    let cursors: HashMap<String, i64> = match store.select_shard_cursors(ROLE).await {
+        Ok(c) => c.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "federation sender: cannot read the cursors");
+            return;
+        }
+    };
+    let Some(from) = cursors.values().min().copied() else {
+        return;
+    };
+    let events = match store
+        .select_events_by_server_since(client.origin(), from, CATCH_UP_LIMIT)
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "federation sender: cannot read events to catch up");
+            return;
+        }
+    };
+    let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
+    let mut queued = 0usize;
+    for row in events {
+        if !rooms.contains_key(&row.room_id) {
+            let d = destinations(store, &row.room_id, client.origin())
+                .await
+                .unwrap_or_default();
+            rooms.insert(row.room_id.clone(), d);
+        }
+        let Ok(pdu) = serde_json::from_str::<Value>(&row.json) else {
+            continue;
+        };
+        for d in rooms.get(&row.room_id).into_iter().flatten() {
+            if cursors.get(d).is_some_and(|c| row.stream_ordering > *c) {
+                let q = queue(queues, d, client, store, counter, shutdown);
+                let _ = q.send(Outgoing::Pdu {
+                    pos: row.stream_ordering,
+                    pdu: pdu.clone(),
+                });
+                queued += 1;
+            }
+        }
+    }
+    if queued > 0 {
+        tracing::info!(
+            queued,
+            "federation sender: caught up from the destinations' cursors"
+        );
     }
 }
 

@@ -118,6 +118,16 @@ impl Store {
         tx.commit().await
     }
 
+    /// Every committed cursor of a role: (key, position).
+    pub async fn select_shard_cursors(&self, role: &str) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT shard_key, position FROM shard_cursors WHERE role = $1 ORDER BY shard_key",
+        )
+        .bind(role)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
     /// The committed cursor of one shard key.
     pub async fn select_shard_cursor(&self, role: &str, key: &str) -> Result<Option<i64>> {
         let row: Option<(i64,)> =

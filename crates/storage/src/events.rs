@@ -312,6 +312,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Events sent by users of `server_name` after `after` (every room), oldest first:
+    /// what a federation sender catches up from.
+    pub async fn select_events_by_server_since(
+        &self,
+        server_name: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_ordering > $1 AND sender LIKE $2
+             ORDER BY stream_ordering ASC LIMIT $3"
+        );
+        // Server names have no LIKE wildcards ('%' and '_' are not in their grammar).
+        let pattern = format!("%:{server_name}");
+        let rows: Vec<EventTuple> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(after)
+            .bind(pattern)
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?;
+        Ok(rows.into_iter().map(event_row).collect())
+    }
+
     /// Events of a room with `from < ordering <= to`, newest first when `backwards`,
     /// at most `limit`.
     pub async fn select_room_events(
