@@ -490,19 +490,7 @@ async fn a_synapse_user_joins_a_ganglion_room() {
     );
 
     // 100 messages each way; both sides end with all 200, in the same order.
-    let mut sent = Vec::new();
-    for i in 0..100 {
-        alice.send_text(&room, &format!("g{i}")).await;
-        sent.push(format!("g{i}"));
-    }
-    wait_for_bodies(&bob, &room, &sent, "Synapse").await;
-    for i in 0..100 {
-        bob.send_text(&room, &format!("s{i}")).await;
-        sent.push(format!("s{i}"));
-    }
-    wait_for_bodies(&alice, &room, &sent, "Ganglion").await;
-    assert_eq!(bodies(&alice, &room).await, sent, "Ganglion's order");
-    assert_eq!(bodies(&bob, &room).await, sent, "Synapse's order");
+    exchange(&alice, &bob, &room, 100).await;
 
     // A join for a user of another server, or for a room that is not public, is refused.
     let http = https(&ca);
@@ -625,19 +613,7 @@ async fn a_ganglion_user_joins_synapse_rooms() {
         "Synapse does not list alice: {theirs}"
     );
 
-    let mut sent = Vec::new();
-    for i in 0..100 {
-        bob.send_text(&room, &format!("s{i}")).await;
-        sent.push(format!("s{i}"));
-    }
-    wait_for_bodies(&alice, &room, &sent, "Ganglion").await;
-    for i in 0..100 {
-        alice.send_text(&room, &format!("g{i}")).await;
-        sent.push(format!("g{i}"));
-    }
-    wait_for_bodies(&bob, &room, &sent, "Synapse").await;
-    assert_eq!(bodies(&alice, &room).await, sent, "Ganglion's order");
-    assert_eq!(bodies(&bob, &room).await, sent, "Synapse's order");
+    exchange(&bob, &alice, &room, 100).await;
     srv.cleanup().await;
 }
 
@@ -664,19 +640,7 @@ async fn two_ganglions_federate() {
         )
         .await;
     assert_eq!(joined.status, 200, "{}", joined.body);
-    let mut sent = Vec::new();
-    for i in 0..30 {
-        carol.send_text(&room, &format!("c{i}")).await;
-        sent.push(format!("c{i}"));
-    }
-    wait_for_bodies(&dave, &room, &sent, "server one").await;
-    for i in 0..30 {
-        dave.send_text(&room, &format!("d{i}")).await;
-        sent.push(format!("d{i}"));
-    }
-    wait_for_bodies(&carol, &room, &sent, "server two").await;
-    assert_eq!(bodies(&carol, &room).await, sent);
-    assert_eq!(bodies(&dave, &room).await, sent);
+    exchange(&carol, &dave, &room, 30).await;
     one.cleanup().await;
     two.cleanup().await;
 }
@@ -868,22 +832,7 @@ async fn messages_sent_while_synapse_is_down_arrive_after_it_restarts() {
     let ca = test_ca();
     let mut synapse = Synapse::start(&ca);
     let (srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
-    let alice = srv.user("alice").await;
-    let local = format!("down{}", rand::random::<u32>());
-    let room = alice
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
-    let bob = synapse.user("bob").await;
-    let joined = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    let (alice, bob, room) = bob_joins_alices_room(&srv, &name, &synapse).await;
 
     synapse.stop();
     let mut sent = Vec::new();
@@ -907,22 +856,7 @@ async fn power_levels_kicks_and_bans_cross() {
     let (srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
 
     // A Ganglion room: alice makes sending need power 50; bob (0) is refused on Synapse.
-    let alice = srv.user("alice").await;
-    let local = format!("pl{}", rand::random::<u32>());
-    let ours = alice
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
-    let bob = synapse.user("bob").await;
-    let joined = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    let (alice, bob, ours) = bob_joins_alices_room(&srv, &name, &synapse).await;
     let pl_path = |room: &str| {
         format!(
             "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
@@ -1110,22 +1044,7 @@ async fn typing_receipts_and_profiles_cross() {
     let ca = test_ca();
     let synapse = Synapse::start(&ca);
     let (srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
-    let alice = srv.user("alice").await;
-    let local = format!("edu{}", rand::random::<u32>());
-    let room = alice
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
-    let bob = synapse.user("bob").await;
-    let joined = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    let (alice, bob, room) = bob_joins_alices_room(&srv, &name, &synapse).await;
     let from_alice = alice.send_text(&room, "read me").await;
     wait_for_bodies(&bob, &room, &["read me".to_owned()], "Synapse").await;
     let from_bob = bob.send_text(&room, "and me").await;
@@ -1261,22 +1180,7 @@ async fn a_killed_sender_catches_up_from_its_cursor() {
     let ca = test_ca();
     let mut synapse = Synapse::start(&ca);
     let (mut srv, name) = TestServer::start_federating(Backend::Postgres, &ca).await;
-    let alice = srv.user("alice").await;
-    let local = format!("kill{}", rand::random::<u32>());
-    let room = alice
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
-    let bob = synapse.user("bob").await;
-    let joined = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    let (alice, bob, room) = bob_joins_alices_room(&srv, &name, &synapse).await;
     let mut sent = vec!["before".to_owned()];
     alice.send_text(&room, "before").await;
     wait_for_bodies(&bob, &room, &sent, "Synapse").await;
@@ -1292,4 +1196,54 @@ async fn a_killed_sender_catches_up_from_its_cursor() {
     wait_for_bodies(&bob, &room, &sent, "Synapse after both restarts").await;
     assert_eq!(bodies(&bob, &room).await, sent, "exactly once, in order");
     srv.cleanup().await;
+}
+
+/// alice (Ganglion) makes a public room with an alias; bob (Synapse) joins it by alias.
+async fn bob_joins_alices_room(
+    srv: &TestServer,
+    name: &str,
+    synapse: &Synapse,
+) -> (Client, Client, String) {
+    let alice = srv.user("alice").await;
+    let local = format!("r{}", rand::random::<u32>());
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let bob = synapse.user("bob").await;
+    let joined = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        joined.status, 200,
+        "Synapse could not join: {}",
+        joined.body
+    );
+    (alice, bob, room)
+}
+
+/// `first` sends `n` messages, which `second` must see; then `second` sends `n`, which
+/// `first` must see; both must end with all of them in the same order.
+async fn exchange(first: &Client, second: &Client, room: &str, n: usize) {
+    let mut sent = Vec::new();
+    for (from, to) in [(first, second), (second, first)] {
+        for i in 0..n {
+            let body = format!("{}-{i}", from.user_id);
+            from.send_text(room, &body).await;
+            sent.push(body);
+        }
+        wait_for_bodies(to, room, &sent, &to.user_id).await;
+    }
+    assert_eq!(bodies(first, room).await, sent, "{}'s order", first.user_id);
+    assert_eq!(
+        bodies(second, room).await,
+        sent,
+        "{}'s order",
+        second.user_id
+    );
 }

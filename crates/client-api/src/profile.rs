@@ -40,17 +40,7 @@ async fn profile_of(
     let Some(fed) = &api.federation else {
         return Err(Error::not_found("profile not found (federation is off)").into());
     };
-    let path = format!(
-        "/_matrix/federation/v1/query/profile?user_id={}",
-        ganglion_http::percent_encode(user_id.as_str())
-    );
-    let v = fed
-        .client
-        .get(user_id.server_name().as_str(), &path)
-        .await
-        .map_err(Error::from)?;
-    let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    Ok((field("displayname"), field("avatar_url")))
+    Ok(fed.query_profile(user_id).await?)
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`.

@@ -50,3 +50,60 @@ pub(crate) fn test_key() -> ganglion_rooms::ServerKey {
     ganglion_rooms::ServerKey::load_or_generate(&path.display().to_string())
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+impl Federation {
+    /// Resolves another server's room alias (`/query/directory`): the room and the
+    /// servers to join it through (the alias's own server last).
+    pub async fn query_directory(
+        &self,
+        alias: &ruma::RoomAliasId,
+    ) -> Result<(ruma::OwnedRoomId, Vec<String>), ganglion_core::Error> {
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            ganglion_http::percent_encode(alias.as_str())
+        );
+        let v = self.client.get(alias.server_name().as_str(), &path).await?;
+        let room_id = v
+            .get("room_id")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
+            .ok_or_else(|| ganglion_core::Error::not_found("the alias's server gave no room id"))?;
+        let mut servers: Vec<String> = v
+            .get("servers")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .filter(|s| ruma::ServerName::parse(s).is_ok())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let own = alias.server_name().to_string();
+        if !servers.contains(&own) {
+            servers.push(own);
+        }
+        Ok((room_id, servers))
+    }
+
+    /// Another server's user's profile (`/query/profile`): display name and avatar.
+    pub async fn query_profile(
+        &self,
+        user_id: &ruma::UserId,
+    ) -> Result<(Option<String>, Option<String>), ganglion_core::Error> {
+        let path = format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            ganglion_http::percent_encode(user_id.as_str())
+        );
+        let v = self
+            .client
+            .get(user_id.server_name().as_str(), &path)
+            .await?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        Ok((field("displayname"), field("avatar_url")))
+    }
+}

@@ -144,13 +144,7 @@ impl Rooms {
         event: CanonicalJsonObject,
     ) -> Result<JoinedRemotely> {
         let (pdu, json) = parse_remote(room_id, event_id, event)?;
-        let membership = pdu.content_as::<Value>().and_then(|c| {
-            c.get("membership")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-        if pdu.kind != TimelineEventType::RoomMember
-            || membership.as_deref() != Some("join")
+        if membership_of(&pdu).as_deref() != Some("join")
             || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
         {
             return Err(Error::bad_json("not a join of its sender"));
@@ -257,29 +251,14 @@ impl Rooms {
             by_id.get(id).copied()
         })
         .map_err(|e| Error::forbidden(format!("auth check failed: {e}")))?;
-        let by_key: HashMap<(StateEventType, String), &Pdu> = state
-            .values()
-            .filter_map(|p| {
-                p.state_key
-                    .clone()
-                    .map(|sk| ((StateEventType::from(p.kind.to_string()), sk), &**p))
-            })
-            .collect();
+        let by_key = by_state_key(&state);
         state_res::check_state_dependent_auth_rules(&head.rules.authorization, &pdu, |t, sk| {
             by_key.get(&(t.clone(), sk.to_owned())).copied()
         })
         .map_err(|e| Error::forbidden(format!("auth check failed against current state: {e}")))?;
 
         let kind = pdu.kind.to_string();
-        let membership = (kind == "m.room.member")
-            .then(|| {
-                pdu.content_as::<Value>().and_then(|c| {
-                    c.get("membership")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-            })
-            .flatten();
+        let membership = membership_of(&pdu);
         let unsigned = match &pdu.state_key {
             Some(sk) => {
                 self.replaced_state_unsigned(&pdu.room_id, &kind, sk)
@@ -382,15 +361,7 @@ impl Rooms {
             .chain(std::iter::once((join_pdu, true)))
         {
             let kind = pdu.kind.to_string();
-            let membership = (kind == "m.room.member")
-                .then(|| {
-                    pdu.content_as::<Value>().and_then(|c| {
-                        c.get("membership")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                    })
-                })
-                .flatten();
+            let membership = membership_of(&pdu);
             let json = if is_join {
                 join_json.to_string()
             } else {
@@ -488,4 +459,30 @@ fn parse_remote(
         return Err(Error::bad_json("the event is for another room"));
     }
     Ok((pdu, json))
+}
+
+/// The `membership` of a member event (`None` for other events).
+pub(crate) fn membership_of(pdu: &Pdu) -> Option<String> {
+    (pdu.kind == TimelineEventType::RoomMember)
+        .then(|| {
+            pdu.content_as::<Value>().and_then(|c| {
+                c.get("membership")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+        })
+        .flatten()
+}
+
+/// State events by (type, state key), for the state-dependent auth checks.
+pub(crate) fn by_state_key(
+    pdus: &HashMap<String, Arc<Pdu>>,
+) -> HashMap<(StateEventType, String), &Pdu> {
+    pdus.values()
+        .filter_map(|p| {
+            p.state_key
+                .clone()
+                .map(|sk| ((StateEventType::from(p.kind.to_string()), sk), &**p))
+        })
+        .collect()
 }

@@ -63,31 +63,7 @@ pub async fn get_alias(
         let Some(fed) = &api.federation else {
             return Err(Error::not_found("room alias not found (federation is off)").into());
         };
-        let path = format!(
-            "/_matrix/federation/v1/query/directory?room_alias={}",
-            ganglion_http::percent_encode(alias.as_str())
-        );
-        let v = fed
-            .client
-            .get(alias.server_name().as_str(), &path)
-            .await
-            .map_err(Error::from)?;
-        let room_id = v
-            .get("room_id")
-            .and_then(Value::as_str)
-            .and_then(|r| ruma::RoomId::parse(r).ok())
-            .ok_or_else(|| Error::not_found("the alias's server gave no room id"))?;
-        let servers: Vec<String> = v
-            .get("servers")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .filter(|s| ruma::ServerName::parse(s).is_ok())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (room_id, servers) = fed.query_directory(alias).await?;
         return Ok(Json(json!({ "room_id": room_id, "servers": servers })));
     }
     let (room_id, _) = api

@@ -53,32 +53,7 @@ async fn resolve_room_and_servers(
     if alias.server_name() != api.rooms.server_name()
         && let Some(fed) = &api.federation
     {
-        let path = format!(
-            "/_matrix/federation/v1/query/directory?room_alias={}",
-            ganglion_http::percent_encode(alias.as_str())
-        );
-        let v = fed
-            .client
-            .get(alias.server_name().as_str(), &path)
-            .await
-            .map_err(Error::from)?;
-        let room_id = v
-            .get("room_id")
-            .and_then(Value::as_str)
-            .and_then(|r| OwnedRoomId::try_from(r).ok())
-            .ok_or_else(|| Error::not_found("the alias's server gave no room id"))?;
-        let mut servers: Vec<String> = v
-            .get("servers")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        servers.push(alias.server_name().to_string());
-        return Ok((room_id, servers));
+        return Ok(fed.query_directory(alias).await?);
     }
     let (room_id, _) = api
         .rooms
