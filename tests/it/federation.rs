@@ -1247,3 +1247,55 @@ async fn exchange(first: &Client, second: &Client, room: &str, n: usize) {
         second.user_id
     );
 }
+
+/// A Synapse user invites a Ganglion user to a private room: Ganglion checks and
+/// countersigns the invite, shows it to its user with the room's stripped state, and the
+/// user accepts by joining through the inviter's server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_user_invites_a_ganglion_user() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, _name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let bob = synapse.user("bob").await;
+    let room = bob
+        .create_room(json!({ "preset": "private_chat", "name": "Bob's secret room" }))
+        .await;
+    let alice = srv.user("alice").await;
+    let invited = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(
+        invited.status, 200,
+        "Synapse could not invite: {}",
+        invited.body
+    );
+    let invite = alice.sync(None, 0).await["rooms"]["invite"][&room].clone();
+    let events = invite["invite_state"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Bob's secret room"),
+        "the invite shows the room's name: {invite}"
+    );
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == alice.user_id.as_str()
+            && e["content"]["membership"] == "invite"),
+        "{invite}"
+    );
+    let joined = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    exchange(&alice, &bob, &room, 5).await;
+    srv.cleanup().await;
+}

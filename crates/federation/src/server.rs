@@ -70,6 +70,10 @@ pub fn router(api: FederationApi) -> Router {
             "/_matrix/federation/v1/send/{txn_id}",
             axum::routing::put(send_transaction),
         )
+        .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            axum::routing::put(invite),
+        )
         .with_state(api)
 }
 
@@ -636,4 +640,105 @@ async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<()
         _ => {}
     }
     Ok(())
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: another server invites one
+/// of our users. We check the event (an invite of an existing local user, sent by a
+/// user of the origin, its id the reference hash, the origin's signature), add our
+/// signature, keep it (a stub room when we do not have the room) and return it.
+async fn invite(
+    State(api): State<FederationApi>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<Json<Value>, ApiError> {
+    let (origin, content) = signed_body(&api, req).await?;
+    let body: Value = serde_json::to_value(&content).unwrap_or(Value::Null);
+    let version = body
+        .get("room_version")
+        .and_then(Value::as_str)
+        .and_then(|v| ruma::RoomVersionId::try_from(v).ok())
+        .ok_or_else(|| Error::bad_json("no room_version"))?;
+    let rules = version.rules().ok_or_else(|| {
+        Error::new(
+            ErrorKind::IncompatibleRoomVersion,
+            format!("room version {version} is not supported"),
+        )
+    })?;
+    let Some(Ok(ruma::CanonicalJsonValue::Object(mut event))) = body
+        .get("event")
+        .cloned()
+        .map(ruma::CanonicalJsonValue::try_from)
+    else {
+        return Err(Error::bad_json("no event").into());
+    };
+    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("bad room id"))?;
+    let computed = crate::pdu::event_id_of(&event, &rules)?;
+    if computed.as_str() != event_id {
+        return Err(Error::bad_json("the event id is not the event's reference hash").into());
+    }
+    let field = |k: &str| match event.get(k) {
+        Some(ruma::CanonicalJsonValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let sender = field("sender")
+        .and_then(|s| ruma::UserId::parse(s).ok())
+        .ok_or_else(|| Error::bad_json("no sender"))?;
+    let invitee = field("state_key")
+        .and_then(|s| ruma::UserId::parse(s).ok())
+        .ok_or_else(|| Error::bad_json("no invitee"))?;
+    let membership = match event.get("content") {
+        Some(ruma::CanonicalJsonValue::Object(c)) => match c.get("membership") {
+            Some(ruma::CanonicalJsonValue::String(m)) => Some(m.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    if field("type").as_deref() != Some("m.room.member") || membership.as_deref() != Some("invite")
+    {
+        return Err(Error::bad_json("not an invite").into());
+    }
+    if field("room_id").as_deref() != Some(room_id.as_str()) {
+        return Err(Error::bad_json("the invite is for another room").into());
+    }
+    if sender.server_name().as_str() != origin {
+        return Err(Error::forbidden("the inviter is not a user of the origin").into());
+    }
+    if invitee.server_name().as_str() != api.server_name
+        || api
+            .store
+            .select_user(invitee.as_str())
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+            .is_none()
+    {
+        return Err(Error::not_found("no such user here").into());
+    }
+    match crate::pdu::verify(&api.keys, &event, &rules).await? {
+        ruma::signatures::Verified::All => {}
+        ruma::signatures::Verified::Signatures => {
+            return Err(Error::bad_json("the invite's content hash does not match").into());
+        }
+    }
+    ruma::signatures::sign_event(
+        &api.server_name,
+        &api.key.pair,
+        &mut event,
+        &rules.redaction,
+    )
+    .map_err(|e| Error::internal(format!("cannot sign the invite: {e}")))?;
+    let stripped: Vec<Value> = body
+        .get("invite_room_state")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .take(50)
+        .collect();
+    api.rooms
+        .store_remote_invite(&room_id, &version, &computed, event.clone(), stripped)
+        .await?;
+    tracing::info!(%origin, room = %room_id, %invitee, "invite from another server kept");
+    Ok(Json(
+        json!({ "event": ganglion_rooms::remote_join::value_of(&event) }),
+    ))
 }

@@ -309,26 +309,52 @@ impl Rooms {
             ));
         };
         let _guard = self.lock_room(room_id.as_str()).await;
-        if self
+        // A room we know only from an invite (or have left) is built up over it: events we
+        // already have are skipped, and its extremities give way to the join.
+        let known = self
             .inner
             .store
             .select_room(room_id.as_str())
             .await
             .map_err(storage_error)?
-            .is_some()
-        {
-            return Err(Error::new(
-                ErrorKind::Unknown,
-                "rejoining a room this server already knows over federation is not built yet",
-            ));
-        }
+            .is_some();
+        let old_extremities: Vec<String> = self
+            .inner
+            .store
+            .select_extremities(room_id.as_str())
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let all_ids: Vec<String> = auth_chain
+            .iter()
+            .chain(&state)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let have: std::collections::HashSet<String> = self
+            .inner
+            .store
+            .select_events(&all_ids)
+            .await
+            .map_err(storage_error)?
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        let group_now = if known {
+            self.head_view(room_id.as_str(), &[])
+                .await?
+                .and_then(|h| h.state_group)
+        } else {
+            None
+        };
         let state_ids: std::collections::HashSet<OwnedEventId> =
             state.iter().map(|(id, _)| id.clone()).collect();
         let mut first: Vec<Pdu> = Vec::new();
         let mut last: Vec<Pdu> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (id, obj) in auth_chain.into_iter().chain(state) {
-            if !seen.insert(id.clone()) {
+            if !seen.insert(id.clone()) || have.contains(id.as_str()) {
                 continue;
             }
             let (pdu, _) = parse_remote(room_id, &id, obj)?;
@@ -344,15 +370,20 @@ impl Rooms {
             .iter()
             .chain(&last)
             .find(|p| p.kind == TimelineEventType::RoomCreate)
-            .map(|p| p.sender.to_string())
-            .ok_or_else(|| Error::bad_json("the room's state has no create event"))?;
+            .map(|p| p.sender.to_string());
+        if creator.is_none() && !known {
+            return Err(Error::bad_json("the room's state has no create event"));
+        }
         let (join_pdu, join_json) = parse_remote(room_id, &join.0, join.1)?;
-        let mut inserted: Vec<String> = Vec::new();
-        let mut group: Option<i64> = None;
-        let mut new_room = Some(ganglion_storage::events::NewRoom {
-            version: version.to_string(),
-            creator,
-        });
+        let mut inserted: Vec<String> = old_extremities;
+        let mut group: Option<i64> = group_now;
+        let mut new_room =
+            creator
+                .filter(|_| !known)
+                .map(|creator| ganglion_storage::events::NewRoom {
+                    version: version.to_string(),
+                    creator,
+                });
         let mut pos = StreamPos(0);
         for (pdu, is_join) in first
             .into_iter()
@@ -402,6 +433,78 @@ impl Rooms {
         }
         self.drop_head(room_id.as_str());
         Ok(pos)
+    }
+
+    /// Keeps an invite another server sent for one of our users to a room we do not
+    /// have: a stub room holding just the invite (with the stripped state that came with
+    /// it in `unsigned.invite_room_state`), so that the user sees it and can join.
+    pub async fn store_remote_invite(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: &OwnedEventId,
+        event: CanonicalJsonObject,
+        invite_room_state: Vec<Value>,
+    ) -> Result<StreamPos> {
+        let Some(persister) = self.inner.persister.clone() else {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "this process does not write events",
+            ));
+        };
+        let (pdu, json) = parse_remote(room_id, event_id, event)?;
+        let _guard = self.lock_room(room_id.as_str()).await;
+        let known = self
+            .inner
+            .store
+            .select_room(room_id.as_str())
+            .await
+            .map_err(storage_error)?
+            .is_some();
+        let state_group = if known {
+            self.head_view(room_id.as_str(), &[])
+                .await?
+                .and_then(|h| h.state_group)
+        } else {
+            None
+        };
+        let new_event = NewEvent {
+            event_id: event_id.to_string(),
+            room_id: room_id.to_string(),
+            sender: pdu.sender.to_string(),
+            kind: "m.room.member".into(),
+            state_key: pdu.state_key.clone(),
+            depth: pdu.depth,
+            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+            json: json.to_string(),
+            unsigned: Some(json!({ "invite_room_state": invite_room_state }).to_string()),
+            txn: None,
+            prev_events: Vec::new(),
+            prev_state_group: state_group,
+            membership: Some("invite".into()),
+            redacts: None,
+            new_room: (!known).then(|| ganglion_storage::events::NewRoom {
+                version: version.to_string(),
+                creator: pdu.sender.to_string(),
+            }),
+        };
+        let persisted = persister.persist(new_event).await;
+        self.drop_head(room_id.as_str());
+        Ok(StreamPos(persisted?.stream_ordering))
+    }
+
+    /// Whether any user of ours is joined to the room (if none, we cannot build events
+    /// in it and must join through another server).
+    pub async fn has_local_members(&self, room_id: &RoomId) -> Result<bool> {
+        let members = self
+            .inner
+            .store
+            .select_room_members(room_id.as_str(), &["join"])
+            .await
+            .map_err(storage_error)?;
+        Ok(members.iter().any(|(u, _, _)| {
+            UserId::parse(u).is_ok_and(|u| u.server_name() == self.inner.server_name)
+        }))
     }
 
     /// The events `roots` and everything they are authorised by, transitively.

@@ -664,7 +664,7 @@ impl SyncService {
                     .map_err(storage_error)?,
             );
         }
-        Ok(rows
+        let mut out: Vec<Value> = rows
             .iter()
             .map(|r| {
                 let pdu: Value = serde_json::from_str(&r.json).unwrap_or_default();
@@ -675,7 +675,30 @@ impl SyncService {
                     "content": pdu.get("content").cloned().unwrap_or_else(|| json!({})),
                 })
             })
-            .collect())
+            .collect();
+        // An invite from another server to a room we do not have: the stripped state its
+        // server sent with it.
+        if let Some(extra) = member_event
+            .unsigned
+            .as_deref()
+            .and_then(|u| serde_json::from_str::<Value>(u).ok())
+            .and_then(|u| {
+                u.get("invite_room_state")
+                    .and_then(Value::as_array)
+                    .cloned()
+            })
+        {
+            for e in extra {
+                let key = (e.get("type").cloned(), e.get("state_key").cloned());
+                if !out
+                    .iter()
+                    .any(|o| (o.get("type").cloned(), o.get("state_key").cloned()) == key)
+                {
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -83,12 +83,38 @@ async fn join_anywhere(
         .await
         .map_err(storage_error)?
         .is_some();
-    if known {
+    // A room we are in (any of our users is joined) is joined locally; one we know only
+    // from an invite, or not at all, through another server.
+    if known && (api.federation.is_none() || api.rooms.has_local_members(room_id).await?) {
         return Ok(api.rooms.join(room_id, user, reason).await?.room_id);
     }
     let Some(fed) = &api.federation else {
         return Err(Error::not_found("unknown room (federation is off)").into());
     };
+    if known {
+        let membership = api
+            .rooms
+            .store()
+            .select_membership(room_id.as_str(), user.as_str())
+            .await
+            .map_err(storage_error)?;
+        if membership.as_ref().is_some_and(|(m, _)| m == "ban") {
+            return Err(Error::forbidden("you are banned from this room").into());
+        }
+        // The inviter's server can let us in.
+        if let Some((m, event_id)) = membership
+            && m == "invite"
+            && let Some(ev) = api
+                .rooms
+                .store()
+                .select_event(&event_id)
+                .await
+                .map_err(storage_error)?
+            && let Ok(inviter) = ruma::UserId::parse(&ev.sender)
+        {
+            via.push(inviter.server_name().to_string());
+        }
+    }
     if let Some(server) = room_id.server_name() {
         via.push(server.to_string());
     }
