@@ -210,12 +210,7 @@ impl Rooms {
         pdu: Pdu,
         json: Arc<str>,
     ) -> Result<(StreamPos, HashMap<String, Arc<Pdu>>)> {
-        let Some(persister) = self.inner.persister.clone() else {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                "this process does not write events",
-            ));
-        };
+        let persister = self.persister()?;
         let _guard = self.lock_room(room_id.as_str()).await;
         let head = self
             .head_view(room_id.as_str(), &[])
@@ -302,22 +297,11 @@ impl Rooms {
         state: Vec<(OwnedEventId, CanonicalJsonObject)>,
         join: (OwnedEventId, CanonicalJsonObject),
     ) -> Result<StreamPos> {
-        let Some(persister) = self.inner.persister.clone() else {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                "this process does not write events",
-            ));
-        };
+        let persister = self.persister()?;
         let _guard = self.lock_room(room_id.as_str()).await;
         // A room we know only from an invite (or have left) is built up over it: events we
         // already have are skipped, and its extremities give way to the join.
-        let known = self
-            .inner
-            .store
-            .select_room(room_id.as_str())
-            .await
-            .map_err(storage_error)?
-            .is_some();
+        let known = self.room_known(room_id).await?;
         let old_extremities: Vec<String> = self
             .inner
             .store
@@ -446,21 +430,10 @@ impl Rooms {
         event: CanonicalJsonObject,
         invite_room_state: Vec<Value>,
     ) -> Result<StreamPos> {
-        let Some(persister) = self.inner.persister.clone() else {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                "this process does not write events",
-            ));
-        };
+        let persister = self.persister()?;
         let (pdu, json) = parse_remote(room_id, event_id, event)?;
         let _guard = self.lock_room(room_id.as_str()).await;
-        let known = self
-            .inner
-            .store
-            .select_room(room_id.as_str())
-            .await
-            .map_err(storage_error)?
-            .is_some();
+        let known = self.room_known(room_id).await?;
         let state_group = if known {
             self.head_view(room_id.as_str(), &[])
                 .await?
@@ -505,6 +478,25 @@ impl Rooms {
         Ok(members.iter().any(|(u, _, _)| {
             UserId::parse(u).is_ok_and(|u| u.server_name() == self.inner.server_name)
         }))
+    }
+
+    /// The persister, or `M_UNKNOWN` 503 in a process that does not write events.
+    fn persister(&self) -> Result<crate::Persister> {
+        self.inner
+            .persister
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::Unavailable, "this process does not write events"))
+    }
+
+    /// Whether we have the room (joined, left, or only invited to it).
+    async fn room_known(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self
+            .inner
+            .store
+            .select_room(room_id.as_str())
+            .await
+            .map_err(storage_error)?
+            .is_some())
     }
 
     /// The events `roots` and everything they are authorised by, transitively.
