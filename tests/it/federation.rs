@@ -622,7 +622,7 @@ async fn a_ganglion_user_joins_synapse_rooms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ganglions_federate() {
     let ca = test_ca();
-    let (one, _) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let (one, one_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
     let (two, two_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
     let carol = two.user("carol").await;
     let local = format!("g2{}", rand::random::<u32>());
@@ -641,6 +641,46 @@ async fn two_ganglions_federate() {
         .await;
     assert_eq!(joined.status, 200, "{}", joined.body);
     exchange(&carol, &dave, &room, 30).await;
+
+    // The read side: server one (in the room) may read server two's state and events.
+    let one_key = ganglion_rooms::ServerKey::load_or_generate(
+        &one.dir.join("signing.key").display().to_string(),
+    )
+    .expect("server one's key");
+    let last = bodies_and_ids(&carol, &room).await.1;
+    let http = https(&ca);
+    let (status, v) = signed_get(
+        &http,
+        &one_key,
+        &one_name,
+        &two_name,
+        &format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            enc(&room),
+            enc(&last)
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let ids = v["pdu_ids"].as_array().cloned().unwrap_or_default();
+    assert!(
+        ids.len() >= 6,
+        "create, power levels, join rules, history, members: {v}"
+    );
+    assert!(
+        !v["auth_chain_ids"].as_array().is_none_or(Vec::is_empty),
+        "{v}"
+    );
+    let (status, v) = signed_get(
+        &http,
+        &one_key,
+        &one_name,
+        &two_name,
+        &format!("/_matrix/federation/v1/event/{}", enc(&last)),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["pdus"][0]["room_id"], room.as_str());
     one.cleanup().await;
     two.cleanup().await;
 }
@@ -778,6 +818,27 @@ async fn bad_input_from_a_remote_is_refused() {
         result["error"].is_string(),
         "a changed event is refused: {body}"
     );
+    // A server outside the room asking for its state or events.
+    for path in [
+        format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            enc(&room),
+            enc(&last.1)
+        ),
+        format!(
+            "/_matrix/federation/v1/state/{}?event_id={}",
+            enc(&room),
+            enc(&last.1)
+        ),
+        format!("/_matrix/federation/v1/event/{}", enc(&last.1)),
+    ] {
+        let (status, body) = signed_get(&http, &evil_key, &evil_name, &home_name, &path).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{path}: {body}"
+        );
+    }
     // Unsigned.
     let r = http
         .put(format!("https://{home_name}/_matrix/federation/v1/send/t6"))
@@ -1298,4 +1359,24 @@ async fn a_synapse_user_invites_a_ganglion_user() {
     assert_eq!(joined.status, 200, "{}", joined.body);
     exchange(&alice, &bob, &room, 5).await;
     srv.cleanup().await;
+}
+
+/// A GET signed as `origin` with `key`, to `dest`'s federation listener.
+async fn signed_get(
+    http: &reqwest::Client,
+    key: &ganglion_rooms::ServerKey,
+    origin: &str,
+    dest: &str,
+    path: &str,
+) -> (u16, Value) {
+    let auth = ganglion_federation::xmatrix::sign(&key.pair, origin, dest, "GET", path, None)
+        .expect("sign");
+    let r = http
+        .get(format!("https://{dest}{path}"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .expect("answer");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
 }

@@ -74,6 +74,12 @@ pub fn router(api: FederationApi) -> Router {
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             axum::routing::put(invite),
         )
+        .route("/_matrix/federation/v1/event/{event_id}", get(get_event))
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(get_state_ids),
+        )
+        .route("/_matrix/federation/v1/state/{room_id}", get(get_state))
         .with_state(api)
 }
 
@@ -741,4 +747,129 @@ async fn invite(
     Ok(Json(
         json!({ "event": ganglion_rooms::remote_join::value_of(&event) }),
     ))
+}
+
+/// Whether `origin` has a joined member in the room: only such servers may read it.
+async fn origin_in_room(api: &FederationApi, origin: &str, room_id: &str) -> Result<(), Error> {
+    let members = api
+        .store
+        .select_room_members(room_id, &["join"])
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+    if members
+        .iter()
+        .any(|(u, _, _)| ruma::UserId::parse(u).is_ok_and(|u| u.server_name().as_str() == origin))
+    {
+        Ok(())
+    } else {
+        Err(Error::forbidden("your server is not in this room"))
+    }
+}
+
+/// `GET /_matrix/federation/v1/event/{eventId}`: one event, to a server in its room.
+async fn get_event(
+    State(api): State<FederationApi>,
+    Origin(origin): Origin,
+    axum::extract::Path(event_id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = api
+        .store
+        .select_event(&event_id)
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+        .ok_or_else(|| Error::not_found("unknown event"))?;
+    origin_in_room(&api, &origin, &row.room_id).await?;
+    let pdu: Value = serde_json::from_str(&row.json).unwrap_or_default();
+    Ok(Json(json!({
+        "origin": api.server_name,
+        "origin_server_ts": now_ms(),
+        "pdus": [pdu],
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct AtEvent {
+    event_id: String,
+}
+
+/// The room's state before `event_id` (event ids) and their auth chain, for a server in
+/// the room.
+async fn state_before(
+    api: &FederationApi,
+    origin: &str,
+    room_id: &str,
+    event_id: &str,
+) -> Result<(Vec<String>, Vec<Arc<ganglion_core::Pdu>>), Error> {
+    origin_in_room(api, origin, room_id).await?;
+    let row = api
+        .store
+        .select_event(event_id)
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+        .filter(|r| r.room_id == room_id)
+        .ok_or_else(|| Error::not_found("unknown event in this room"))?;
+    let mut state = match row.state_group {
+        Some(g) => api
+            .store
+            .select_state_group(g)
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?,
+        None => Default::default(),
+    };
+    // The group is the state after the event: a state event gives way to what it replaced.
+    if let Some(sk) = &row.state_key {
+        let replaced = row
+            .unsigned
+            .as_deref()
+            .and_then(|u| serde_json::from_str::<Value>(u).ok())
+            .and_then(|u| {
+                u.get("replaces_state")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
+        match replaced {
+            Some(prev) => {
+                state.insert((row.kind.clone(), sk.clone()), prev);
+            }
+            None => {
+                state.remove(&(row.kind.clone(), sk.clone()));
+            }
+        }
+    }
+    let ids: Vec<String> = state.into_values().collect();
+    let pdus = api.rooms.load_pdus(&ids).await?;
+    let roots: Vec<String> = pdus
+        .values()
+        .flat_map(|p| p.auth_events.iter().map(ToString::to_string))
+        .collect();
+    let auth_chain = api.rooms.auth_chain(roots).await?;
+    Ok((ids, auth_chain))
+}
+
+/// `GET /_matrix/federation/v1/state_ids/{roomId}?event_id=`.
+async fn get_state_ids(
+    State(api): State<FederationApi>,
+    Origin(origin): Origin,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    Query(q): Query<AtEvent>,
+) -> Result<Json<Value>, ApiError> {
+    let (ids, chain) = state_before(&api, &origin, &room_id, &q.event_id).await?;
+    let chain_ids: Vec<String> = chain.iter().map(|p| p.event_id.to_string()).collect();
+    Ok(Json(json!({ "pdu_ids": ids, "auth_chain_ids": chain_ids })))
+}
+
+/// `GET /_matrix/federation/v1/state/{roomId}?event_id=`.
+async fn get_state(
+    State(api): State<FederationApi>,
+    Origin(origin): Origin,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    Query(q): Query<AtEvent>,
+) -> Result<Json<Value>, ApiError> {
+    let (ids, chain) = state_before(&api, &origin, &room_id, &q.event_id).await?;
+    let pdus = api.rooms.load_pdus(&ids).await?;
+    let as_json = |p: &ganglion_core::Pdu| ganglion_rooms::remote_join::federation_pdu(p);
+    Ok(Json(json!({
+        "pdus": pdus.values().map(|p| as_json(p)).collect::<Vec<_>>(),
+        "auth_chain": chain.iter().map(|p| as_json(p)).collect::<Vec<_>>(),
+    })))
 }
