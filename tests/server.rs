@@ -66,8 +66,20 @@ impl Worker {
     /// How many requests it has answered whose route contains `endpoint` (from its
     /// Prometheus metrics).
     pub async fn requests_served(&self, endpoint: &str) -> u64 {
-        let Some(m) = &self.metrics else { return 0 };
-        let text = crate::http()
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("ganglion_http_requests_total{") && l.contains(endpoint))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// Its Prometheus metrics (empty without a metrics listener).
+    pub async fn metrics_text(&self) -> String {
+        let Some(m) = &self.metrics else {
+            return String::new();
+        };
+        crate::http()
             .build()
             .expect("http client")
             .get(format!("{m}/metrics"))
@@ -76,11 +88,21 @@ impl Worker {
             .expect("metrics")
             .text()
             .await
-            .expect("metrics text");
-        text.lines()
-            .filter(|l| l.starts_with("ganglion_http_requests_total{") && l.contains(endpoint))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+            .expect("metrics text")
+    }
+
+    /// `GET /ready` on its metrics listener: the status.
+    pub async fn ready_status(&self) -> u16 {
+        let Some(m) = &self.metrics else { return 0 };
+        crate::http()
+            .build()
+            .expect("http client")
+            .get(format!("{m}/ready"))
+            .send()
+            .await
+            .expect("ready")
+            .status()
+            .as_u16()
     }
 
     /// The port it listens on.

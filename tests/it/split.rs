@@ -497,6 +497,31 @@ async fn a_worker_forwards_what_it_does_not_serve() {
         .await
         .expect_err(404, "M_NOT_FOUND");
 
+    // The worker reports itself caught up, its lag per stream, and its role's members.
+    let worker = srv.sync_worker(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = worker.metrics_text().await;
+        let lag = text
+            .lines()
+            .find(|l| l.starts_with("ganglion_replication_lag{stream=\"events\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        if lag == Some(0.0) && text.contains("ganglion_cluster_members{role=\"sync\"} 2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no zero events lag or two sync members: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        worker.ready_status().await,
+        200,
+        "a caught-up worker is ready"
+    );
+
     // main's internal listener wants the secret.
     let cfg = std::fs::read_to_string(&srv.config_path).expect("config");
     let internal = cfg
