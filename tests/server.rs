@@ -145,12 +145,62 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// A free loopback port no other test process has been handed in the last two minutes.
+/// Test processes run in parallel and each server binds its ports a moment after
+/// choosing them; without the shared claim file, two processes were seen to get the same
+/// port from the kernel (one server then fails with "Address already in use").
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind port 0")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if claim_port(port) {
+            return port;
+        }
+    }
+}
+
+/// Records `port` in a file shared by every test process (under an exclusive lock);
+/// false if another claimed it recently.
+fn claim_port(port: u16) -> bool {
+    use std::io::{Read, Seek, Write};
+    let path = std::env::temp_dir().join("ganglion-test-ports");
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+    else {
+        return true;
+    };
+    if f.lock().is_err() {
+        return true;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut text = String::new();
+    let _ = f.read_to_string(&mut text);
+    let mut live: Vec<(u16, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (p, t) = l.split_once(' ')?;
+            Some((p.parse().ok()?, t.parse().ok()?))
+        })
+        .filter(|(_, t)| now.saturating_sub(*t) < 120)
+        .collect();
+    if live.iter().any(|(p, _)| *p == port) {
+        return false;
+    }
+    live.push((port, now));
+    let out: String = live.iter().map(|(p, t)| format!("{p} {t}\n")).collect();
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = f.write_all(out.as_bytes());
+    true
 }
 
 fn unique(prefix: &str) -> String {

@@ -49,10 +49,7 @@ struct Synapse {
 
 impl Synapse {
     fn start(ca: &Path) -> Synapse {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
+        let port = ganglion_tests::server::free_port();
         let dir = std::env::temp_dir().join(format!("ganglion-synapse-{port}"));
         Self::start_at(port, dir, ca)
     }

@@ -1,18 +1,12 @@
 //! Operations: JSON logs, the metrics listener, readiness, graceful shutdown.
 
-use std::net::TcpListener;
-
 use ganglion_tests::{Backend, TestServer, client::enc};
 use serde_json::{Value, json};
 
 use crate::both;
 
 async fn metrics_logs_and_graceful_shutdown(b: Backend) {
-    let metrics_port = TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let metrics_port = ganglion_tests::server::free_port();
     let mut srv =
         TestServer::start_with(b, "[logging]\nformat = \"json\"\nlevel = \"info\"\n").await;
     // Restart with a metrics listener added to the generated [listeners] section.

@@ -337,10 +337,7 @@ impl Drop for OwnRedis {
 /// long-poll hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarts_during_a_burst_lose_nothing() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
+    let port = ganglion_tests::server::free_port();
     let mut redis = OwnRedis::start(port);
     let srv = TestServer::start_split_on_redis(&format!("redis://127.0.0.1:{port}")).await;
     let (alice, room, pollers) = room_with_pollers(&srv, 2).await;

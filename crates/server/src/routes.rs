@@ -54,6 +54,10 @@ pub const ROUTES: &[Route] = &[
     },
 ];
 
+/// The largest request body the proxy lets through: `server.max_request_bytes`'s
+/// default. Media uploads (a later role) will get their own, larger, location.
+pub const MAX_BODY: &str = "1m";
+
 /// The processes behind the proxy.
 #[derive(Debug, Clone)]
 pub struct Upstreams {
@@ -123,7 +127,15 @@ pub fn nginx_config(listen: &str, up: &Upstreams) -> String {
     }
     let _ = writeln!(out, "server {{");
     let _ = writeln!(out, "    listen {listen};");
-    let _ = writeln!(out, "    client_max_body_size 50m;");
+    // The servers' own limit (server.max_request_bytes, 1 MiB by default), enforced here
+    // with the spec's error: a server that answers 413 before reading a large body and
+    // closes the connection makes nginx answer 502 instead, now and then.
+    let _ = writeln!(out, "    client_max_body_size {MAX_BODY};");
+    let _ = writeln!(out, "    error_page 413 = @ganglion_too_large;");
+    let _ = writeln!(
+        out,
+        "    location @ganglion_too_large {{\n        default_type application/json;\n        return 413 '{{\"errcode\":\"M_TOO_LARGE\",\"error\":\"Request body too large\"}}';\n    }}"
+    );
     let _ = writeln!(out, "    proxy_http_version 1.1;");
     let _ = writeln!(out, "    proxy_set_header Connection \"\";");
     let _ = writeln!(out, "    proxy_set_header Host $host;");
@@ -260,6 +272,9 @@ mod tests {
         let conf = nginx_config("127.0.0.1:8080", &up);
         assert!(conf.contains("hash $http_authorization$arg_access_token consistent;"));
         assert!(conf.contains("hash $ganglion_room consistent;"));
+        assert!(conf.contains("client_max_body_size 1m;"));
+        assert!(conf.contains("error_page 413 = @ganglion_too_large;"));
+        assert!(conf.contains(r#"return 413 '{"errcode":"M_TOO_LARGE""#));
         assert!(conf.contains(
             "GET ganglion_sync_rooms;\n    HEAD ganglion_sync_rooms;\n    default ganglion_main;"
         ));
