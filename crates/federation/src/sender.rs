@@ -110,6 +110,7 @@ async fn follow(
                 continue;
             }
         };
+        let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
         for row in rows {
             let ours = ruma::UserId::parse(&row.sender)
                 .map(|u| u.server_name().as_str() == client.origin())
@@ -117,13 +118,19 @@ async fn follow(
             if !ours {
                 continue;
             }
-            let destinations = match destinations(&store, &row.room_id, client.origin()).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "federation sender: cannot list the room's servers");
-                    continue;
+            // One membership query per room of the entry, not per event.
+            if !rooms.contains_key(&row.room_id) {
+                match destinations(&store, &row.room_id, client.origin()).await {
+                    Ok(d) => {
+                        rooms.insert(row.room_id.clone(), d);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "federation sender: cannot list the room's servers");
+                        continue;
+                    }
                 }
-            };
+            }
+            let destinations = rooms.get(&row.room_id).cloned().unwrap_or_default();
             let Ok(pdu) = serde_json::from_str::<Value>(&row.json) else {
                 continue;
             };

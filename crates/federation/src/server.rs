@@ -12,7 +12,7 @@ use axum::{
 };
 use ganglion_core::{Error, ErrorKind, time::now_ms};
 use ganglion_http::ApiError;
-use ganglion_rooms::ServerKey;
+use ganglion_rooms::{ServerKey, storage_error};
 use ganglion_storage::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -270,7 +270,7 @@ async fn query_profile(
         .store
         .select_user(user.as_str())
         .await
-        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(storage_error)?
         .ok_or_else(|| Error::not_found("profile not found"))?;
     let mut out = serde_json::Map::new();
     let want = |f: &str| q.field.as_deref().is_none_or(|x| x == f);
@@ -304,7 +304,7 @@ async fn query_directory(
         .store
         .select_alias(alias.as_str())
         .await
-        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(storage_error)?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     Ok(Json(
         json!({ "room_id": room_id, "servers": [api.server_name] }),
@@ -617,7 +617,7 @@ async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<()
                         .store
                         .select_event(event_id)
                         .await
-                        .map_err(|e| Error::internal(e.to_string()))?;
+                        .map_err(storage_error)?;
                     if known.is_none_or(|e| e.room_id != *room) {
                         continue;
                     }
@@ -714,7 +714,7 @@ async fn invite(
             .store
             .select_user(invitee.as_str())
             .await
-            .map_err(|e| Error::internal(e.to_string()))?
+            .map_err(storage_error)?
             .is_none()
     {
         return Err(Error::not_found("no such user here").into());
@@ -755,7 +755,7 @@ async fn origin_in_room(api: &FederationApi, origin: &str, room_id: &str) -> Res
         .store
         .select_room_members(room_id, &["join"])
         .await
-        .map_err(|e| Error::internal(e.to_string()))?;
+        .map_err(storage_error)?;
     if members
         .iter()
         .any(|(u, _, _)| ruma::UserId::parse(u).is_ok_and(|u| u.server_name().as_str() == origin))
@@ -776,7 +776,7 @@ async fn get_event(
         .store
         .select_event(&event_id)
         .await
-        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(storage_error)?
         .ok_or_else(|| Error::not_found("unknown event"))?;
     origin_in_room(&api, &origin, &row.room_id).await?;
     let pdu: Value = serde_json::from_str(&row.json).unwrap_or_default();
@@ -805,7 +805,7 @@ async fn state_before(
         .store
         .select_event(event_id)
         .await
-        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(storage_error)?
         .filter(|r| r.room_id == room_id)
         .ok_or_else(|| Error::not_found("unknown event in this room"))?;
     let mut state = match row.state_group {
@@ -813,7 +813,7 @@ async fn state_before(
             .store
             .select_state_group(g)
             .await
-            .map_err(|e| Error::internal(e.to_string()))?,
+            .map_err(storage_error)?,
         None => Default::default(),
     };
     // The group is the state after the event: a state event gives way to what it replaced.
