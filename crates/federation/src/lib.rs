@@ -12,6 +12,7 @@
 //! backfill, state and event reads, and the federation sender.
 
 pub mod client;
+pub mod history;
 pub mod invite;
 pub mod join;
 pub mod keys;

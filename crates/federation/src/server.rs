@@ -80,6 +80,15 @@ pub fn router(api: FederationApi) -> Router {
             get(get_state_ids),
         )
         .route("/_matrix/federation/v1/state/{room_id}", get(get_state))
+        .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            axum::routing::post(get_missing_events),
+        )
+        .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(event_auth),
+        )
         .with_state(api)
 }
 
@@ -872,4 +881,149 @@ async fn get_state(
         "pdus": pdus.values().map(|p| as_json(p)).collect::<Vec<_>>(),
         "auth_chain": chain.iter().map(|p| as_json(p)).collect::<Vec<_>>(),
     })))
+}
+
+/// The values of one key of a query string, decoded (`v` of `/backfill` repeats).
+fn query_values(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k) == key).then(|| percent_decode(v))
+        })
+        .collect()
+}
+
+/// `%XX` and `+` decoding of a query component (bad escapes are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The room id of a path, checked.
+fn room_of(room_id: &str) -> Result<ruma::OwnedRoomId, Error> {
+    ruma::RoomId::parse(room_id).map_err(|_| Error::new(ErrorKind::InvalidParam, "not a room id"))
+}
+
+/// `GET /_matrix/federation/v1/backfill/{roomId}?v=…&limit=`: the events `v` and the
+/// history before them, newest first, to a server in the room.
+async fn backfill(
+    State(api): State<FederationApi>,
+    Origin(origin): Origin,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let room = room_of(&room_id)?;
+    origin_in_room(&api, &origin, &room_id).await?;
+    let query = query.unwrap_or_default();
+    let from = query_values(&query, "v");
+    if from.is_empty() {
+        return Err(Error::new(ErrorKind::MissingParam, "v is required").into());
+    }
+    let limit = match query_values(&query, "limit").first() {
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| Error::new(ErrorKind::InvalidParam, "limit is not a number"))?,
+        None => return Err(Error::new(ErrorKind::MissingParam, "limit is required").into()),
+    };
+    let pdus = api.rooms.history_before(&room, &from, limit).await?;
+    Ok(Json(json!({
+        "origin": api.server_name,
+        "origin_server_ts": now_ms(),
+        "pdus": pdus.iter().map(|p| ganglion_rooms::remote_join::federation_pdu(p)).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /_matrix/federation/v1/get_missing_events/{roomId}`: the events between
+/// `earliest_events` and `latest_events`, oldest first.
+async fn get_missing_events(
+    State(api): State<FederationApi>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    req: axum::extract::Request,
+) -> Result<Json<Value>, ApiError> {
+    let (origin, content) = signed_body(&api, req).await?;
+    let room = room_of(&room_id)?;
+    origin_in_room(&api, &origin, &room_id).await?;
+    let body: Value = serde_json::to_value(&content).unwrap_or(Value::Null);
+    let ids = |k: &str| -> Result<Vec<String>, Error> {
+        body.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .ok_or_else(|| Error::bad_json(format!("{k} must be a list of event ids")))
+    };
+    let earliest = ids("earliest_events")?;
+    let latest = ids("latest_events")?;
+    let limit = body
+        .get("limit")
+        .and_then(Value::as_u64)
+        .map_or(10, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let min_depth = body.get("min_depth").and_then(Value::as_i64).unwrap_or(0);
+    let events = api
+        .rooms
+        .missing_events(&room, &earliest, &latest, limit, min_depth)
+        .await?;
+    Ok(Json(json!({
+        "events": events.iter().map(|p| ganglion_rooms::remote_join::federation_pdu(p)).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}`: the event's full auth
+/// chain.
+async fn event_auth(
+    State(api): State<FederationApi>,
+    Origin(origin): Origin,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    room_of(&room_id)?;
+    origin_in_room(&api, &origin, &room_id).await?;
+    let event = api
+        .rooms
+        .load_pdu(&event_id)
+        .await?
+        .filter(|p| p.room_id == room_id.as_str())
+        .ok_or_else(|| Error::not_found("unknown event in this room"))?;
+    let roots: Vec<String> = event.auth_events.iter().map(ToString::to_string).collect();
+    let chain = api.rooms.auth_chain(roots).await?;
+    Ok(Json(json!({
+        "auth_chain": chain.iter().map(|p| ganglion_rooms::remote_join::federation_pdu(p)).collect::<Vec<_>>(),
+    })))
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn repeated_query_values_decode() {
+        let q = "v=%24a%3Ab&limit=5&v=%24c&x=1+2&v=%zz";
+        assert_eq!(query_values(q, "v"), vec!["$a:b", "$c", "%zz"]);
+        assert_eq!(query_values(q, "limit"), vec!["5"]);
+        assert_eq!(query_values(q, "x"), vec!["1 2"]);
+        assert!(query_values(q, "w").is_empty());
+        assert_eq!(percent_decode("50%"), "50%");
+    }
 }

@@ -4,6 +4,7 @@
 //! through [`Rooms::send`]: built and signed here, checked against the auth rules
 //! (ruma-state-res), persisted by main's single [`persister::Persister`].
 
+pub mod backfill;
 pub mod builder;
 mod create_room;
 pub mod format;
@@ -64,6 +65,10 @@ struct Inner {
     pdu_cache: std::sync::Mutex<HashMap<String, Arc<Pdu>>>,
     /// Asks an invitee's server to countersign an invite (set when federation is on).
     remote_inviter: std::sync::OnceLock<Arc<dyn RemoteInviter>>,
+    /// Fetches history from other servers (set when federation is on).
+    remote_history: std::sync::OnceLock<Arc<dyn backfill::RemoteHistory>>,
+    /// One backfill at a time: each takes positions below the current minimum.
+    backfill_lock: tokio::sync::Mutex<()>,
 }
 
 /// Gets an invite of a user of another server signed by that server (Server-Server
@@ -104,6 +109,8 @@ impl Rooms {
                 heads: Default::default(),
                 pdu_cache: Default::default(),
                 remote_inviter: Default::default(),
+                remote_history: Default::default(),
+                backfill_lock: Default::default(),
             }),
         }
     }
@@ -129,6 +136,8 @@ impl Rooms {
                 heads: Default::default(),
                 pdu_cache: Default::default(),
                 remote_inviter: Default::default(),
+                remote_history: Default::default(),
+                backfill_lock: Default::default(),
             }),
         }
     }

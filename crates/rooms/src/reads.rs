@@ -125,6 +125,9 @@ pub struct MessagesQuery<'a> {
     pub filter: &'a EventFilter,
 }
 
+/// Most backfill requests one page of `/messages` makes.
+const MAX_BACKFILLS_PER_PAGE: usize = 3;
+
 /// How far back and forward a user may read a room.
 struct ReadBounds {
     upto: i64,
@@ -194,10 +197,11 @@ impl Rooms {
         } = *q;
         let bounds = self.read_bounds(user_id, room_id).await?;
         let limit = limit.clamp(1, 1000);
+        // Backfilled history sits below 0: going forward from nowhere starts below it.
         let start = from.unwrap_or(PageToken(StreamPos(if backwards {
             bounds.upto
         } else {
-            0
+            i64::MIN
         })));
         let mut chunk = Vec::new();
         let mut cursor = start
@@ -205,11 +209,12 @@ impl Rooms {
             .0
             .min(if backwards { bounds.upto } else { i64::MAX });
         let mut exhausted = false;
+        let mut backfills = 0;
         // Fetch in rounds until the filtered page is full or the room is exhausted.
         while chunk.len() < limit {
             let want = i64::try_from((limit - chunk.len()) * 2 + 10).unwrap_or(100);
             let rows = if backwards {
-                let floor = to.map_or(0, |t| t.0.0);
+                let floor = to.map_or(i64::MIN, |t| t.0.0);
                 self.inner
                     .store
                     .select_room_events(room_id, floor, cursor, true, want)
@@ -237,6 +242,14 @@ impl Rooms {
                 }
             }
             if i64::try_from(got).unwrap_or(0) < want {
+                // Past our earliest event: a room joined through another server may
+                // have more history there.
+                if backwards && to.is_none() && backfills < MAX_BACKFILLS_PER_PAGE {
+                    backfills += 1;
+                    if self.backfill_for_reader(room_id).await > 0 {
+                        continue;
+                    }
+                }
                 exhausted = true;
                 break;
             }
@@ -245,7 +258,7 @@ impl Rooms {
         let end = if exhausted && chunk.len() < limit {
             None
         } else {
-            Some(PageToken(StreamPos(cursor.max(0))))
+            Some(PageToken(StreamPos(cursor)))
         };
         let state = if filter.lazy_load_members {
             self.member_events_for(room_id, &chunk).await?
@@ -258,6 +271,21 @@ impl Rooms {
             end,
             state,
         })
+    }
+
+    /// Backfills a room for a reader: failures are logged, not passed on (the page
+    /// ends where our history does).
+    async fn backfill_for_reader(&self, room_id: &str) -> usize {
+        let Ok(room) = ruma::RoomId::parse(room_id) else {
+            return 0;
+        };
+        match self.backfill(&room).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(room = %room_id, error = %e.message, "backfill failed");
+                0
+            }
+        }
     }
 
     /// The current member events of the senders of `events` (lazy loading).

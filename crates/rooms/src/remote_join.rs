@@ -277,6 +277,7 @@ impl Rooms {
             membership,
             redacts: pdu.redacts.as_ref().map(ToString::to_string),
             new_room: None,
+            outlier: false,
         };
         let persisted = persister.persist(new_event).await;
         // The extremities may now be several: let the record say.
@@ -359,6 +360,7 @@ impl Rooms {
             return Err(Error::bad_json("the room's state has no create event"));
         }
         let (join_pdu, join_json) = parse_remote(room_id, &join.0, join.1)?;
+        let join_prevs = join_pdu.prev_events.clone();
         let mut inserted: Vec<String> = old_extremities;
         let mut group: Option<i64> = group_now;
         let mut new_room =
@@ -403,6 +405,8 @@ impl Rooms {
                 membership,
                 redacts: pdu.redacts.as_ref().map(ToString::to_string),
                 new_room: new_room.take(),
+                // The state and auth chain are not history (yet): backfill places them.
+                outlier: !is_join,
             };
             let persisted = match persister.persist(new_event).await {
                 Ok(p) => p,
@@ -416,6 +420,8 @@ impl Rooms {
             inserted.push(pdu.event_id.to_string());
         }
         self.drop_head(room_id.as_str());
+        // The history before the join is fetched when someone pages back to it.
+        self.seed_backfill_frontier(room_id, &join_prevs).await?;
         Ok(pos)
     }
 
@@ -460,6 +466,7 @@ impl Rooms {
                 version: version.to_string(),
                 creator: pdu.sender.to_string(),
             }),
+            outlier: false,
         };
         let persisted = persister.persist(new_event).await;
         self.drop_head(room_id.as_str());
@@ -534,7 +541,7 @@ pub fn value_of(obj: &CanonicalJsonObject) -> Value {
 }
 
 /// A remote event as a [`Pdu`] and its stored JSON (without `unsigned`).
-fn parse_remote(
+pub(crate) fn parse_remote(
     room_id: &RoomId,
     event_id: &OwnedEventId,
     mut event: CanonicalJsonObject,

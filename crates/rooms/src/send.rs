@@ -249,6 +249,7 @@ impl Rooms {
                 version: version.to_string(),
                 creator: req.sender.to_string(),
             }),
+            outlier: false,
         };
         let Some(persister) = &self.inner.persister else {
             return Err(Error::new(

@@ -167,6 +167,10 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 client.clone(),
                 config.federation.trusted_key_servers.clone(),
             );
+            rooms.set_remote_history(Arc::new(ganglion_federation::history::History {
+                client: client.clone(),
+                keys: keys.clone(),
+            }));
             federation_api = Some(ganglion_federation::Federation {
                 client: client.clone(),
                 keys: keys.clone(),

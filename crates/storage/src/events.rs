@@ -109,6 +109,8 @@ pub struct NewEvent {
     pub redacts: Option<String>,
     /// Set on an `m.room.create`: the room row to insert.
     pub new_room: Option<NewRoom>,
+    /// Held for state and auth only, out of the timeline (see `backfill`).
+    pub outlier: bool,
 }
 
 /// Where each persisted event landed.
@@ -193,8 +195,8 @@ impl Store {
             };
             sqlx::query(
                 "INSERT INTO events (stream_ordering, event_id, room_id, sender, type, state_key, depth,
-                    origin_server_ts, json, state_group, unsigned, txn_id, txn_device)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    origin_server_ts, json, state_group, unsigned, txn_id, txn_device, outlier)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .bind(ordering)
             .bind(&ev.event_id)
@@ -209,6 +211,7 @@ impl Store {
             .bind(ev.unsigned.as_deref())
             .bind(txn_id)
             .bind(txn_device)
+            .bind(i32::from(ev.outlier))
             .execute(tx.conn())
             .await?;
             if let Some((user, device, txn)) = &ev.txn {
@@ -348,6 +351,7 @@ impl Store {
         let order = if backwards { "DESC" } else { "ASC" };
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3
+               AND outlier = 0
              ORDER BY stream_ordering {order} LIMIT $4"
         );
         let rows: Vec<EventTuple> = sqlx::query_as(AssertSqlSafe(sql))

@@ -16,6 +16,7 @@
 pub mod accounts;
 pub mod admin_users;
 pub mod aliases;
+pub mod backfill;
 pub mod cluster;
 pub mod devices;
 pub mod events;

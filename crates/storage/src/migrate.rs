@@ -36,6 +36,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../../migrations/postgres/0004_server_keys.sql"),
         include_str!("../../../migrations/sqlite/0004_server_keys.sql"),
     ),
+    (
+        5,
+        "backfill",
+        include_str!("../../../migrations/postgres/0005_backfill.sql"),
+        include_str!("../../../migrations/sqlite/0005_backfill.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.

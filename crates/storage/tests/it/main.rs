@@ -64,7 +64,7 @@ impl Fixture {
         let store = Store::connect(&url, 4, Duration::from_secs(10))
             .await
             .unwrap();
-        assert_eq!(store.migrate().await.unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(store.migrate().await.unwrap(), vec![1, 2, 3, 4, 5]);
         assert!(
             store.migrate().await.unwrap().is_empty(),
             "migrations are idempotent"
@@ -185,6 +185,7 @@ fn event(id: &str, room: &str, kind: &str, sk: Option<&str>, prev: &[&str]) -> N
             version: "11".into(),
             creator: "@a:x".into(),
         }),
+        outlier: false,
     }
 }
 
@@ -263,6 +264,87 @@ async fn events_state_and_streams(s: &Store) {
     );
 }
 both!(events_state_and_streams);
+
+/// Backfilled history goes below every position; an outlier stays out of the timeline
+/// until backfill places it; the frontier moves.
+async fn backfill_places_history(s: &Store) {
+    use ganglion_storage::backfill::HistoricEvent;
+    let mut create = event("$c", "!b:x", "m.room.create", Some(""), &[]);
+    create.outlier = true;
+    let join = event("$j", "!b:x", "m.room.member", Some("@a:x"), &["$c"]);
+    let done = s.persist_events(&[create, join], 1, 1).await.unwrap();
+    assert_eq!(done[1].stream_ordering, 2);
+    let timeline = |s: &Store| {
+        let s = s.clone();
+        async move {
+            s.select_room_events("!b:x", i64::MIN, 10, true, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.event_id, e.stream_ordering))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        timeline(s).await,
+        vec![("$j".to_owned(), 2)],
+        "the outlier is not history"
+    );
+    s.insert_backfill_frontier("!b:x", &["$m2".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.select_backfill_frontier("!b:x").await.unwrap(),
+        vec!["$m2"]
+    );
+    let hist = |id: &str, depth: i64| HistoricEvent {
+        event_id: id.into(),
+        sender: "@a:x".into(),
+        kind: "m.room.message".into(),
+        state_key: None,
+        depth,
+        origin_server_ts: depth,
+        json: "{}".into(),
+        redacts: None,
+    };
+    let mut c = hist("$c", 1);
+    c.kind = "m.room.create".into();
+    let n = s
+        .insert_backfilled(
+            "!b:x",
+            &[hist("$m2", 3), hist("$m1", 2), c, hist("$j", 4)],
+            &["$m2".into()],
+            &["$gone".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        n, 3,
+        "two new events and the outlier; the join is history already"
+    );
+    assert_eq!(
+        timeline(s).await,
+        vec![
+            ("$j".to_owned(), 2),
+            ("$m2".to_owned(), -1),
+            ("$m1".to_owned(), -2),
+            ("$c".to_owned(), -3)
+        ]
+    );
+    assert_eq!(
+        s.select_backfill_frontier("!b:x").await.unwrap(),
+        vec!["$gone"]
+    );
+    // A second batch goes below the first.
+    let n = s
+        .insert_backfilled("!b:x", &[hist("$m0", 1)], &["$gone".into()], &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(timeline(s).await.last(), Some(&("$m0".to_owned(), -4)));
+    assert!(s.select_backfill_frontier("!b:x").await.unwrap().is_empty());
+}
+both!(backfill_places_history);
 
 async fn account_data_receipts_filters_aliases(s: &Store) {
     s.upsert_account_data("@a:x", "", "m.direct", "{}", 1)
