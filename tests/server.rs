@@ -269,6 +269,20 @@ impl TestServer {
         (srv, name)
     }
 
+    /// A federating server in the split shape (main, two sync workers, nginx, Redis),
+    /// whose outbound transactions are left to `ganglion-federation-sender` processes
+    /// (`federation.sender_workers`): start them with [`TestServer::worker`].
+    pub async fn start_federating_split(ca_dir: &Path) -> (TestServer, String) {
+        let fed_port = free_port();
+        let name = format!("localhost:{fed_port}");
+        let c = ca_dir.display();
+        let extra = format!(
+            "[federation]\nenabled = true\nsender_workers = true\ntls_certificate_path = \"{c}/ganglion.pem\"\ntls_private_key_path = \"{c}/ganglion.key\"\nca_file = \"{c}/ca.pem\"\nallow_private_addresses = true\nrequest_timeout_secs = 10\n\n"
+        );
+        let srv = Self::start_full(Backend::Split, &extra, None, Some((&name, fed_port))).await;
+        (srv, name)
+    }
+
     async fn start_opts(backend: Backend, extra: &str, redis: Option<&str>) -> TestServer {
         Self::start_full(backend, extra, redis, None).await
     }

@@ -814,6 +814,83 @@ async fn two_ganglions_federate() {
     two.cleanup().await;
 }
 
+/// The sum of one counter in a worker's Prometheus metrics.
+async fn counter(w: &ganglion_tests::server::Worker, name: &str) -> f64 {
+    w.metrics_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Two Ganglions, one in the split shape (main, sync workers behind nginx, Redis) with
+/// two `ganglion-federation-sender` processes, the other a single binary. Messages cross
+/// both ways; one sender owns the destination. Then, mid-stream, that sender is killed
+/// with -9: once its lease runs out the other takes the destination over from its
+/// cursor, and every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_ganglion_shares_destinations_between_two_senders() {
+    let ca = test_ca();
+    let (one, one_name) = TestServer::start_federating_split(&ca).await;
+    let s1 = one.worker("ganglion-federation-sender", "fs-1").await;
+    let s2 = one.worker("ganglion-federation-sender", "fs-2").await;
+    let (two, _two_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let alice = one.user("alice").await;
+    let local = format!("split{}", rand::random::<u32>());
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let bob = two.user("bob").await;
+    let joined = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{one_name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    exchange(&alice, &bob, &room, 15).await;
+
+    // Exactly one sender sent to server two.
+    let sent1 = counter(&s1, "ganglion_federation_pdus_sent_total").await;
+    let sent2 = counter(&s2, "ganglion_federation_pdus_sent_total").await;
+    assert!(
+        (sent1 > 0.0) != (sent2 > 0.0),
+        "one owner: fs-1 sent {sent1}, fs-2 sent {sent2}"
+    );
+    let (owner, survivor) = if sent1 > 0.0 { (s1, s2) } else { (s2, s1) };
+    let before = counter(&survivor, "ganglion_federation_pdus_sent_total").await;
+
+    let mut sent = Vec::new();
+    let mut owner = Some(owner);
+    for i in 0..60 {
+        if i == 20 {
+            // SIGKILL: no clean leave; its lease has to run out.
+            drop(owner.take());
+        }
+        let body = format!("failover-{i}");
+        alice.send_text(&room, &body).await;
+        sent.push(body);
+    }
+    wait_for_bodies(&bob, &room, &sent, "bob after the failover").await;
+    let have = bodies(&bob, &room).await;
+    assert_eq!(
+        have[have.len() - sent.len()..],
+        sent[..],
+        "in order, once each, after the failover"
+    );
+    let after = counter(&survivor, "ganglion_federation_pdus_sent_total").await;
+    assert!(
+        after > before,
+        "the surviving sender took the destination over ({before} -> {after})"
+    );
+    one.cleanup().await;
+    two.cleanup().await;
+}
+
 /// Bad input from a remote server, each refused with the right error and nothing from
 /// it accepted: a transaction whose origin is not its signer, one over the PDU limit, a
 /// PDU with a bad signature, one with a wrong content hash, one from a server whose

@@ -101,6 +101,10 @@ pub struct FederationConfig {
     /// `[federation.old_signing_keys."ed25519:abc"]` with `key` (unpadded base64 public
     /// key) and `expired_ts` (ms).
     pub old_signing_keys: std::collections::BTreeMap<String, OldSigningKey>,
+    /// Outbound transactions are sent by `ganglion-federation-sender` processes, which
+    /// share the destinations among themselves; main sends none. Off: main (or the single
+    /// binary) sends them itself.
+    pub sender_workers: bool,
 }
 
 /// A retired signing key (`[federation.old_signing_keys."<key id>"]`).
@@ -125,6 +129,7 @@ impl Default for FederationConfig {
             request_timeout_secs: 30,
             trusted_key_servers: Vec::new(),
             old_signing_keys: std::collections::BTreeMap::new(),
+            sender_workers: false,
         }
     }
 }
@@ -133,7 +138,8 @@ impl Default for FederationConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessConfig {
-    /// `main`, `sync` or `all`; a worker binary refuses a section naming another role.
+    /// `main`, `sync`, `federation-sender` or `all`; a worker binary refuses a section
+    /// naming another role.
     pub role: Option<String>,
     /// The client API listener of this process.
     pub client: Option<SocketAddr>,
@@ -507,9 +513,12 @@ impl Config {
                 );
             }
             if let Some(role) = &p.role
-                && !["all", "main", "sync"].contains(&role.as_str())
+                && !["all", "main", "sync", "federation-sender"].contains(&role.as_str())
             {
-                return bad("processes.<instance>.role", "one of all, main, sync");
+                return bad(
+                    "processes.<instance>.role",
+                    "one of all, main, sync, federation-sender",
+                );
             }
         }
         if let Some(url) = &self.server.public_baseurl

@@ -1,21 +1,29 @@
-//! The federation sender, in-process (ARCHITECTURE §6): follows the events, typing and
-//! receipts streams; every event sent by one of our users in a room with members on
-//! other servers is queued for each of those servers, with our users' typing changes
+//! The federation sender (ARCHITECTURE §6): follows the events, typing and receipts
+//! streams; every event sent by one of our users in a room with members on other
+//! servers is queued for each of those servers, with our users' typing changes
 //! (`m.typing`) and public read receipts (`m.receipt`). One transaction in flight per
 //! destination (at most 50 PDUs and 100 EDUs), retried with exponential back-off
-//! (capped) until the destination takes it. A destination's last sent events position is
-//! committed to `shard_cursors`.
+//! (capped) until the destination takes it.
 //!
-//! On start and after a bus gap it catches up: every destination with a cursor gets our
-//! users' events after it (in rooms it is in). A destination that never had a
-//! transaction from us has no cursor, so events it missed before its first one are not
-//! caught up (backfill's job).
+//! Each destination's loop sends its events in stream order and commits the position
+//! of the last one sent to `shard_cursors`. When its loop starts, and after a bus gap,
+//! it first reads from the database every event of ours after its cursor (in rooms it
+//! is in): live events at or below what it read are already queued, so nothing is
+//! skipped or sent out of order, whatever a crash interrupts. A destination that never
+//! had a transaction from us has no cursor: events it missed before its first one are
+//! not caught up (backfill's job).
 //!
-//! Not built yet: presence and device-list EDUs, waking a backed-off destination when it
-//! contacts us, and sharing destinations among several senders.
+//! Several senders share the destinations: with a [`Membership`] (the
+//! `ganglion-federation-sender` role), a process sends only to the destinations it owns
+//! by rendezvous hashing; when the membership changes, a destination it gains resumes
+//! from the cursor its last owner committed, and one it loses is let go after its
+//! transaction in flight. Without one (the single binary), it owns them all.
+//!
+//! Not built yet: presence and device-list EDUs, and waking a backed-off destination
+//! when it contacts us.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -24,6 +32,7 @@ use std::{
 };
 
 use ganglion_bus::{Bus, Delivery};
+use ganglion_cluster::Membership;
 use ganglion_core::{StreamKind, time::now_ms};
 use ganglion_storage::Store;
 use serde_json::{Value, json};
@@ -34,43 +43,142 @@ use crate::client::FederationClient;
 
 /// Most PDUs in one transaction (spec).
 const MAX_PDUS: usize = 50;
-/// Longest wait between two attempts at a destination.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// The role name under which cursors are kept.
-const ROLE: &str = "federation-sender";
-
 /// Most EDUs in one transaction (spec).
 const MAX_EDUS: usize = 100;
+/// Longest wait between two attempts at a destination.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The role name under which cursors are kept and senders share destinations.
+pub const ROLE: &str = "federation-sender";
+/// Most events one catch-up read takes (the loop reads again when they are sent).
+const CATCH_UP_LIMIT: i64 = 5_000;
 
-/// One thing to send: an event (with its stream position) or an EDU.
+/// What a destination's loop is told.
 #[derive(Debug, Clone)]
 enum Outgoing {
+    /// One of our events (with its stream position).
     Pdu { pos: i64, pdu: Value },
+    /// An EDU.
     Edu(Value),
+    /// Read the events after the cursor again (after a bus gap).
+    CatchUp,
 }
 
-/// Starts the sender; it stops with `shutdown`.
-pub fn start(client: FederationClient, store: Store, bus: &Bus, shutdown: CancellationToken) {
+/// What the sender runs with.
+#[derive(Debug, Clone)]
+struct Shared {
+    client: FederationClient,
+    store: Store,
+    counter: Arc<AtomicU64>,
+    /// This process's part of transaction ids.
+    nonce: Arc<str>,
+    shutdown: CancellationToken,
+}
+
+/// Starts the sender; it stops with `shutdown`. With `membership`, it sends only to the
+/// destinations this process owns among the role's members.
+pub fn start(
+    client: FederationClient,
+    store: Store,
+    bus: &Bus,
+    shutdown: CancellationToken,
+    membership: Option<Membership>,
+) {
     let sub = bus.subscribe();
-    tokio::spawn(follow(client, store, sub, shutdown));
+    let shared = Shared {
+        client,
+        store,
+        counter: Arc::new(AtomicU64::new(0)),
+        nonce: format!("{:08x}", rand::random::<u32>()).into(),
+        shutdown,
+    };
+    tokio::spawn(follow(shared, sub, membership));
+}
+
+/// The destination loops of this process.
+struct Queues {
+    shared: Shared,
+    membership: Option<Membership>,
+    loops: HashMap<String, mpsc::UnboundedSender<Outgoing>>,
+}
+
+impl Queues {
+    fn owns(&self, destination: &str) -> bool {
+        self.membership.as_ref().is_none_or(|m| m.owns(destination))
+    }
+
+    /// The loop of a destination this process owns, started on first use.
+    fn get(&mut self, destination: &str) -> Option<&mpsc::UnboundedSender<Outgoing>> {
+        if !self.owns(destination) {
+            return None;
+        }
+        if !self.loops.contains_key(destination) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(destination_loop(
+                self.shared.clone(),
+                destination.to_owned(),
+                rx,
+            ));
+            self.loops.insert(destination.to_owned(), tx);
+            metrics::gauge!("ganglion_federation_destinations").set(self.loops.len() as f64);
+        }
+        self.loops.get(destination)
+    }
+
+    fn send(&mut self, destination: &str, m: Outgoing) {
+        if let Some(q) = self.get(destination) {
+            let _ = q.send(m);
+        }
+    }
+
+    /// Starts the loop of every owned destination with a cursor (each catches up from
+    /// it) and lets go of destinations owned no more.
+    async fn rebalance(&mut self) {
+        self.loops
+            .retain(|d, _| self.membership.as_ref().is_none_or(|m| m.owns(d)));
+        match self.shared.store.select_shard_cursors(ROLE).await {
+            Ok(cursors) => {
+                for (d, _) in cursors {
+                    let _ = self.get(&d);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "federation sender: cannot read the cursors"),
+        }
+        metrics::gauge!("ganglion_federation_destinations").set(self.loops.len() as f64);
+    }
 }
 
 async fn follow(
-    client: FederationClient,
-    store: Store,
+    shared: Shared,
     mut sub: ganglion_bus::Subscription,
-    shutdown: CancellationToken,
+    membership: Option<Membership>,
 ) {
-    let mut queues: HashMap<String, mpsc::UnboundedSender<Outgoing>> = HashMap::new();
-    let txn_counter = Arc::new(AtomicU64::new(0));
+    let mut changes = membership.as_ref().map(Membership::changes);
+    let mut queues = Queues {
+        shared: shared.clone(),
+        membership,
+        loops: HashMap::new(),
+    };
     // Our users typing in each room, as last announced (typing entries carry the list).
     let mut typing: HashMap<String, Vec<String>> = HashMap::new();
-    // What was committed but not sent before a restart: from each destination's cursor.
-    catch_up(&client, &store, &mut queues, &txn_counter, &shutdown).await;
+    queues.rebalance().await;
     loop {
         let delivery = tokio::select! {
             d = sub.recv() => d,
-            () = shutdown.cancelled() => break,
+            changed = async {
+                match changes.as_mut() {
+                    Some(c) => c.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed {
+                    queues.rebalance().await;
+                    tracing::info!(owned = queues.loops.len(), "federation sender: membership changed");
+                } else {
+                    changes = None;
+                }
+                continue;
+            }
+            () = shared.shutdown.cancelled() => break,
         };
         let entry = match delivery {
             Delivery::Entry(e) if e.stream == StreamKind::Events as i32 => e,
@@ -78,13 +186,14 @@ async fn follow(
                 if e.stream == StreamKind::Typing as i32
                     || e.stream == StreamKind::Receipts as i32 =>
             {
-                for (room_id, edu) in edus_of(&e, client.origin(), &mut typing) {
-                    let Ok(dests) = destinations(&store, &room_id, client.origin()).await else {
+                for (room_id, edu) in edus_of(&e, shared.client.origin(), &mut typing) {
+                    let Ok(dests) =
+                        destinations(&shared.store, &room_id, shared.client.origin()).await
+                    else {
                         continue;
                     };
                     for d in dests {
-                        let q = queue(&mut queues, &d, &client, &store, &txn_counter, &shutdown);
-                        let _ = q.send(Outgoing::Edu(edu.clone()));
+                        queues.send(&d, Outgoing::Edu(edu.clone()));
                     }
                 }
                 continue;
@@ -92,9 +201,12 @@ async fn follow(
             Delivery::Entry(_) => continue,
             Delivery::Gap => {
                 tracing::warn!(
-                    "federation sender: bus gap; catching up from the destinations' cursors"
+                    "federation sender: bus gap; every destination catches up from its cursor"
                 );
-                catch_up(&client, &store, &mut queues, &txn_counter, &shutdown).await;
+                for q in queues.loops.values() {
+                    let _ = q.send(Outgoing::CatchUp);
+                }
+                queues.rebalance().await;
                 continue;
             }
             Delivery::Closed => break,
@@ -103,24 +215,22 @@ async fn follow(
         if ids.is_empty() {
             continue;
         }
-        let rows = match store.select_events(&ids).await {
+        let rows = match shared.store.select_events(&ids).await {
             Ok(r) => r,
             Err(e) => {
+                // The destinations read them from their cursors at the next gap or start.
                 tracing::warn!(error = %e, "federation sender: cannot load events");
                 continue;
             }
         };
         let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
         for row in rows {
-            let ours = ruma::UserId::parse(&row.sender)
-                .map(|u| u.server_name().as_str() == client.origin())
-                .unwrap_or(false);
-            if !ours {
+            if !ours(&row.sender, shared.client.origin()) {
                 continue;
             }
             // One membership query per room of the entry, not per event.
             if !rooms.contains_key(&row.room_id) {
-                match destinations(&store, &row.room_id, client.origin()).await {
+                match destinations(&shared.store, &row.room_id, shared.client.origin()).await {
                     Ok(d) => {
                         rooms.insert(row.room_id.clone(), d);
                     }
@@ -130,107 +240,24 @@ async fn follow(
                     }
                 }
             }
-            let destinations = rooms.get(&row.room_id).cloned().unwrap_or_default();
             let Ok(pdu) = serde_json::from_str::<Value>(&row.json) else {
                 continue;
             };
-            for d in destinations {
-                let q = queue(&mut queues, &d, &client, &store, &txn_counter, &shutdown);
-                let _ = q.send(Outgoing::Pdu {
-                    pos: row.stream_ordering,
-                    pdu: pdu.clone(),
-                });
+            for d in rooms.get(&row.room_id).cloned().unwrap_or_default() {
+                queues.send(
+                    &d,
+                    Outgoing::Pdu {
+                        pos: row.stream_ordering,
+                        pdu: pdu.clone(),
+                    },
+                );
             }
         }
     }
 }
 
-/// Most events one catch-up pass queues (a later gap or restart continues from the
-/// cursors).
-const CATCH_UP_LIMIT: i64 = 10_000;
-
-/// Queues, for every destination with a cursor, our users' events after it in rooms
-/// where the destination has joined members. A destination may get an event twice
-/// (once here, once live); receivers ignore events they already have.
-async fn catch_up(
-    client: &FederationClient,
-    store: &Store,
-    queues: &mut HashMap<String, mpsc::UnboundedSender<Outgoing>>,
-    counter: &Arc<AtomicU64>,
-    shutdown: &CancellationToken,
-) {
-    let cursors: HashMap<String, i64> = match store.select_shard_cursors(ROLE).await {
-        Ok(c) => c.into_iter().collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "federation sender: cannot read the cursors");
-            return;
-        }
-    };
-    let Some(from) = cursors.values().min().copied() else {
-        return;
-    };
-    let events = match store
-        .select_events_by_server_since(client.origin(), from, CATCH_UP_LIMIT)
-        .await
-    {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "federation sender: cannot read events to catch up");
-            return;
-        }
-    };
-    let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
-    let mut queued = 0usize;
-    for row in events {
-        if !rooms.contains_key(&row.room_id) {
-            let d = destinations(store, &row.room_id, client.origin())
-                .await
-                .unwrap_or_default();
-            rooms.insert(row.room_id.clone(), d);
-        }
-        let Ok(pdu) = serde_json::from_str::<Value>(&row.json) else {
-            continue;
-        };
-        for d in rooms.get(&row.room_id).into_iter().flatten() {
-            if cursors.get(d).is_some_and(|c| row.stream_ordering > *c) {
-                let q = queue(queues, d, client, store, counter, shutdown);
-                let _ = q.send(Outgoing::Pdu {
-                    pos: row.stream_ordering,
-                    pdu: pdu.clone(),
-                });
-                queued += 1;
-            }
-        }
-    }
-    if queued > 0 {
-        tracing::info!(
-            queued,
-            "federation sender: caught up from the destinations' cursors"
-        );
-    }
-}
-
-/// A destination's queue, its task started on first use.
-fn queue<'a>(
-    queues: &'a mut HashMap<String, mpsc::UnboundedSender<Outgoing>>,
-    destination: &str,
-    client: &FederationClient,
-    store: &Store,
-    counter: &Arc<AtomicU64>,
-    shutdown: &CancellationToken,
-) -> &'a mpsc::UnboundedSender<Outgoing> {
-    queues.entry(destination.to_owned()).or_insert_with(|| {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(destination_loop(
-            client.clone(),
-            store.clone(),
-            destination.to_owned(),
-            rx,
-            counter.clone(),
-            shutdown.clone(),
-        ));
-        tx
-    })
+fn ours(user: &str, origin: &str) -> bool {
+    ruma::UserId::parse(user).is_ok_and(|u| u.server_name().as_str() == origin)
 }
 
 /// The EDUs a typing or receipts entry stands for, per room: typing changes of our
@@ -240,11 +267,15 @@ fn edus_of(
     origin: &str,
     typing: &mut HashMap<String, Vec<String>>,
 ) -> Vec<(String, Value)> {
-    let ours = |u: &str| ruma::UserId::parse(u).is_ok_and(|u| u.server_name().as_str() == origin);
     let mut out = Vec::new();
     for row in &entry.rows {
         if entry.stream == StreamKind::Typing as i32 {
-            let now: Vec<String> = row.user_ids.iter().filter(|u| ours(u)).cloned().collect();
+            let now: Vec<String> = row
+                .user_ids
+                .iter()
+                .filter(|u| ours(u, origin))
+                .cloned()
+                .collect();
             let before = typing
                 .insert(row.room_id.clone(), now.clone())
                 .unwrap_or_default();
@@ -254,7 +285,7 @@ fn edus_of(
             for u in before.iter().filter(|u| !now.contains(u)) {
                 out.push((row.room_id.clone(), json!({ "edu_type": "m.typing", "content": { "room_id": row.room_id, "user_id": u, "typing": false } })));
             }
-        } else if row.kind == "m.read" && ours(&row.user_id) {
+        } else if row.kind == "m.read" && ours(&row.user_id, origin) {
             // Private receipts (m.read.private) never leave the server.
             out.push((
                 row.room_id.clone(),
@@ -284,38 +315,90 @@ async fn destinations(
     Ok(out)
 }
 
+/// One destination's queue: events by position, EDUs in arrival order.
+struct Pending {
+    /// Events not sent yet, by stream position.
+    pdus: BTreeMap<i64, Value>,
+    /// EDUs not sent yet.
+    edus: Vec<Value>,
+    /// Every event at or below this was read from the database (or sent): a live event
+    /// at or below it is already here.
+    read_to: i64,
+    /// The last catch-up read stopped at its limit: read again when the queue empties.
+    more: bool,
+    /// A catch-up read is due.
+    catch_up: bool,
+}
+
+impl Pending {
+    fn take(&mut self, m: Outgoing) {
+        match m {
+            Outgoing::Pdu { pos, pdu } if pos > self.read_to => {
+                self.pdus.insert(pos, pdu);
+            }
+            Outgoing::Pdu { .. } => {}
+            Outgoing::Edu(e) => self.edus.push(e),
+            Outgoing::CatchUp => self.catch_up = true,
+        }
+    }
+}
+
 async fn destination_loop(
-    client: FederationClient,
-    store: Store,
+    shared: Shared,
     destination: String,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    counter: Arc<AtomicU64>,
-    shutdown: CancellationToken,
 ) {
+    let mut pending = Pending {
+        pdus: BTreeMap::new(),
+        edus: Vec::new(),
+        read_to: 0,
+        more: false,
+        catch_up: true,
+    };
     let mut backoff = Duration::from_millis(500);
     loop {
-        let first = tokio::select! {
-            m = rx.recv() => match m { Some(m) => m, None => break },
-            () = shutdown.cancelled() => break,
-        };
-        let (mut pdus, mut edus, mut last) = (Vec::new(), Vec::new(), 0);
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m {
-                Outgoing::Pdu { pos, pdu } => {
-                    pdus.push(pdu);
-                    last = last.max(pos);
-                }
-                Outgoing::Edu(e) => edus.push(e),
-            }
-            if pdus.len() >= MAX_PDUS || edus.len() >= MAX_EDUS {
-                break;
-            }
-            next = rx.try_recv().ok();
+        if pending.catch_up || (pending.more && pending.pdus.is_empty()) {
+            pending.catch_up = false;
+            catch_up(&shared, &destination, &mut pending).await;
         }
-        let txn = format!("{}-{}", now_ms(), counter.fetch_add(1, Ordering::Relaxed));
+        if rx.is_closed() {
+            // Let go (another sender owns it now), after the transaction in flight.
+            break;
+        }
+        if pending.pdus.is_empty() && pending.edus.is_empty() {
+            let m = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => break },
+                () = shared.shutdown.cancelled() => break,
+            };
+            pending.take(m);
+        }
+        while let Ok(m) = rx.try_recv() {
+            pending.take(m);
+        }
+        if pending.pdus.is_empty() && pending.edus.is_empty() {
+            continue;
+        }
+        // The oldest events first; the cursor then never passes an unsent one.
+        let mut pdus = Vec::new();
+        let mut last = 0;
+        while pdus.len() < MAX_PDUS {
+            let Some((pos, pdu)) = pending.pdus.pop_first() else {
+                break;
+            };
+            last = pos;
+            pdus.push(pdu);
+        }
+        let n = pending.edus.len().min(MAX_EDUS);
+        let edus: Vec<Value> = pending.edus.drain(..n).collect();
+        // Unique across senders: two may briefly share a destination after a change.
+        let txn = format!(
+            "{}-{}-{}",
+            shared.nonce,
+            now_ms(),
+            shared.counter.fetch_add(1, Ordering::Relaxed)
+        );
         let body = json!({
-            "origin": client.origin(),
+            "origin": shared.client.origin(),
             "origin_server_ts": now_ms(),
             "pdus": pdus,
             "edus": edus,
@@ -323,18 +406,22 @@ async fn destination_loop(
         let path = format!("/_matrix/federation/v1/send/{txn}");
         // The same transaction, id and all, until the destination takes it.
         loop {
-            match client
+            match shared
+                .client
                 .request(reqwest::Method::PUT, &destination, &path, Some(&body))
                 .await
             {
                 Ok(_) => {
                     backoff = Duration::from_millis(500);
-                    if last > 0
-                        && let Err(e) = store
-                            .advance_shard_cursor(ROLE, &destination, last, client.origin())
+                    if last > 0 {
+                        pending.read_to = pending.read_to.max(last);
+                        if let Err(e) = shared
+                            .store
+                            .advance_shard_cursor(ROLE, &destination, last, shared.client.origin())
                             .await
-                    {
-                        tracing::warn!(%destination, error = %e, "cannot commit the destination's cursor");
+                        {
+                            tracing::warn!(%destination, error = %e, "cannot commit the destination's cursor");
+                        }
                     }
                     metrics::counter!("ganglion_federation_pdus_sent_total")
                         .increment(pdus.len() as u64);
@@ -342,15 +429,90 @@ async fn destination_loop(
                         .increment(edus.len() as u64);
                     break;
                 }
+                Err(_) if rx.is_closed() => {
+                    // Owned by another sender now: it resumes from the cursor.
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(%destination, error = %e, retry_in_ms = backoff.as_millis() as u64, "transaction not delivered");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => return,
+                        () = shared.shutdown.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
+    }
+}
+
+/// Reads our users' events after the destination's cursor, in rooms where it has
+/// joined members now, into its queue.
+async fn catch_up(shared: &Shared, destination: &str, pending: &mut Pending) {
+    let cursor = match shared.store.select_shard_cursor(ROLE, destination).await {
+        Ok(Some(c)) => c,
+        // Never sent to: nothing to catch up, and every live event is new.
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(%destination, error = %e, "cannot read the destination's cursor");
+            pending.catch_up = true;
+            return;
+        }
+    };
+    // Taken before the read: every event up to it is committed (one writer, in order),
+    // so the read below has them all.
+    let committed = match shared.store.select_stream_max(StreamKind::Events).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(%destination, error = %e, "cannot read the events position");
+            pending.catch_up = true;
+            return;
+        }
+    };
+    let rows = match shared
+        .store
+        .select_events_by_server_since(shared.client.origin(), cursor, CATCH_UP_LIMIT)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(%destination, error = %e, "cannot read events to catch up");
+            pending.catch_up = true;
+            return;
+        }
+    };
+    pending.more = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= CATCH_UP_LIMIT;
+    let mut rooms: HashMap<String, bool> = HashMap::new();
+    let mut queued = 0usize;
+    let mut seen = HashSet::new();
+    for row in rows {
+        pending.read_to = pending.read_to.max(row.stream_ordering);
+        if !seen.insert(row.event_id.clone()) {
+            continue;
+        }
+        let inside = match rooms.get(&row.room_id) {
+            Some(b) => *b,
+            None => {
+                let b = destinations(&shared.store, &row.room_id, shared.client.origin())
+                    .await
+                    .is_ok_and(|d| d.iter().any(|x| x == destination));
+                rooms.insert(row.room_id.clone(), b);
+                b
+            }
+        };
+        if !inside {
+            continue;
+        }
+        if let Ok(pdu) = serde_json::from_str::<Value>(&row.json) {
+            pending.pdus.insert(row.stream_ordering, pdu);
+            queued += 1;
+        }
+    }
+    if !pending.more {
+        // Everything committed before the read was read: later live events are new.
+        pending.read_to = pending.read_to.max(committed);
+    }
+    if queued > 0 {
+        tracing::info!(%destination, queued, cursor, "federation sender: caught up from the cursor");
     }
 }

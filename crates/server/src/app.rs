@@ -155,7 +155,16 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
             rooms.set_remote_inviter(Arc::new(ganglion_federation::invite::Inviter {
                 client: client.clone(),
             }));
-            ganglion_federation::sender::start(client.clone(), store.clone(), &bus, tasks.clone());
+            // In the split shape the federation-sender processes send instead.
+            if !config.federation.sender_workers {
+                ganglion_federation::sender::start(
+                    client.clone(),
+                    store.clone(),
+                    &bus,
+                    tasks.clone(),
+                    None,
+                );
+            }
             let fed = &config.federation;
             let tls = ganglion_federation::listener::tls_config(
                 fed.tls_certificate_path.as_deref().unwrap_or_default(),

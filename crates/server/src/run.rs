@@ -30,6 +30,8 @@ pub enum Role {
     Main,
     /// A sync worker: `/sync` and stateless reads over the Redis bus.
     Sync,
+    /// A federation sender: outbound transactions to the destinations it owns.
+    FederationSender,
 }
 
 impl Role {
@@ -39,12 +41,13 @@ impl Role {
             Role::All => "all",
             Role::Main => "main",
             Role::Sync => "sync",
+            Role::FederationSender => "federation-sender",
         }
     }
 
     /// The role of a name (`[processes.<instance>] role`).
     pub fn from_name(name: &str) -> Option<Role> {
-        [Role::All, Role::Main, Role::Sync]
+        [Role::All, Role::Main, Role::Sync, Role::FederationSender]
             .into_iter()
             .find(|r| r.name() == name)
     }
@@ -146,7 +149,7 @@ pub async fn serve_role(
             }
             build_all(cfg).await?
         }
-        Role::Sync => worker::build_sync_worker(cfg, &instance).await?,
+        Role::Sync | Role::FederationSender => worker::build_worker(cfg, &instance, role).await?,
     };
     let mut server = server;
     let c = &server.config.cluster;
@@ -161,6 +164,9 @@ pub async fn serve_role(
         server.tasks.clone(),
     )
     .await?;
+    if role == Role::FederationSender {
+        worker::start_federation_sender(&server, membership.clone())?;
+    }
     server.membership = Some(membership);
     let listener = tokio::net::TcpListener::bind(client_addr)
         .await

@@ -22,8 +22,15 @@ use crate::{
     internal::Forwarder,
 };
 
-/// Builds a sync worker: `/sync` over the Redis bus and the shared database.
-pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server, StartError> {
+/// Builds a worker over the Redis bus and the shared database: a sync worker serves
+/// `/sync` and the room reads; a federation sender serves only `/health`, `/ready` and
+/// metrics (its sender starts once it has joined its membership:
+/// [`start_federation_sender`]).
+pub async fn build_worker(
+    config: Config,
+    instance: &str,
+    role: crate::run::Role,
+) -> Result<Server, StartError> {
     let config = Arc::new(config);
     let Some(redis_url) = config.bus.redis_url.clone() else {
         return Err(StartError::Config(
@@ -103,10 +110,14 @@ pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server,
         RateLimiter::new(limit(config.rate_limits.registration)),
         RateLimiter::new(limit(config.rate_limits.login)),
     );
-    let sync = SyncService::new(store.clone(), rooms.clone(), notifier, None);
-    let routes = Router::new()
-        .merge(ganglion_sync::router(sync))
-        .merge(ganglion_client_api::read_router(rooms));
+    let routes = if role == crate::run::Role::Sync {
+        let sync = SyncService::new(store.clone(), rooms.clone(), notifier, None);
+        Router::new()
+            .merge(ganglion_sync::router(sync))
+            .merge(ganglion_client_api::read_router(rooms))
+    } else {
+        Router::new()
+    };
     let forward = match (
         &config.cluster.main_internal_url,
         &config.cluster.internal_secret,
@@ -117,6 +128,8 @@ pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server,
         ),
         _ => None,
     };
+    // A federation sender serves no client requests: nothing to forward.
+    let forward = forward.filter(|_| role == crate::run::Role::Sync);
     let forwarding = forward.is_some();
     let app = with_layers(
         routes,
@@ -125,7 +138,7 @@ pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server,
         readiness.clone(),
         forward,
     );
-    tracing::info!(instance, forwarding, "sync worker built");
+    tracing::info!(instance, role = role.name(), forwarding, "worker built");
     Ok(Server {
         app,
         store,
@@ -139,4 +152,31 @@ pub async fn build_sync_worker(config: Config, instance: &str) -> Result<Server,
         federation: None,
         membership: None,
     })
+}
+
+/// Starts a federation sender's sending: the destinations it owns in `membership`, each
+/// from its cursor.
+pub fn start_federation_sender(
+    server: &Server,
+    membership: ganglion_cluster::Membership,
+) -> Result<(), StartError> {
+    let config = &server.config;
+    if !config.federation.enabled {
+        return Err(StartError::Config(
+            "federation.enabled: a federation sender needs federation on".into(),
+        ));
+    }
+    let server_name = config.server.server_name.as_str();
+    let key = Arc::new(ServerKey::load_or_generate(&config.signing_key_path())?);
+    let client = ganglion_federation::FederationClient::new(&config.federation, key, server_name)
+        .map_err(StartError::Config)?;
+    ganglion_federation::sender::start(
+        client,
+        server.store.clone(),
+        &server.bus,
+        server.tasks.clone(),
+        Some(membership),
+    );
+    tracing::info!("federation sender started");
+    Ok(())
 }
