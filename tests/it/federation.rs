@@ -1114,6 +1114,69 @@ async fn messages_sent_while_synapse_is_down_arrive_after_it_restarts() {
     srv.cleanup().await;
 }
 
+/// A gap filled with /get_missing_events: server one is down while a user of server
+/// two sends 10 messages, and server two's sender then skips them (its cursor is moved
+/// past them, as Synapse's catch-up mode does: it sends a room's latest event only).
+/// When the next message reaches server one, its `prev_events` are unknown there;
+/// server one asks server two for the events in between, checks each, and its user sees
+/// all 10, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_filled_with_get_missing_events() {
+    let ca = test_ca();
+    let (mut one, _one_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let (mut two, two_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let carol = two.user("carol").await;
+    let local = format!("gap{}", rand::random::<u32>());
+    let room = carol
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let dave = one.user("dave").await;
+    let joined = dave
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{two_name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    exchange(&carol, &dave, &room, 2).await;
+
+    one.stop();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let body = format!("gap-{i}");
+        carol.send_text(&room, &body).await;
+        sent.push(body);
+    }
+    two.stop();
+    let moved = two
+        .query_strings(
+            "UPDATE shard_cursors SET position = (SELECT MAX(stream_ordering) FROM events)
+             WHERE role = 'federation-sender' RETURNING shard_key",
+        )
+        .await;
+    assert_eq!(moved.len(), 1, "server two had one destination: {moved:?}");
+    two.spawn().await;
+    one.spawn().await;
+    carol.send_text(&room, "after").await;
+    sent.push("after".into());
+    wait_for_bodies(&dave, &room, &sent, "dave after the gap").await;
+    let have = bodies(&dave, &room).await;
+    assert_eq!(
+        have[have.len() - sent.len()..],
+        sent[..],
+        "once each, in order"
+    );
+    assert!(
+        one.log().contains("filled a gap with get_missing_events"),
+        "the events came through /get_missing_events"
+    );
+    one.cleanup().await;
+    two.cleanup().await;
+}
+
 /// Moderation crosses servers: a power-level change made on one side is enforced on the
 /// other, and a Synapse admin's kick and ban of a Ganglion user are obeyed by Ganglion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,8 @@ pub struct FederationApi {
     pub typing: ganglion_rooms::typing::Typing,
     /// The receipts stream (remote users' `m.receipt`).
     pub receipts: Arc<ganglion_rooms::streams::StreamWriter>,
+    /// The outbound client (filling gaps with `/get_missing_events`).
+    pub client: crate::client::FederationClient,
 }
 
 /// The federation routes (the listener adds the 404 `M_UNRECOGNIZED` fallback).
@@ -559,6 +561,25 @@ async fn accept_pdu(api: &FederationApi, origin: &str, pdu: Value) -> (String, R
                 return Err(Error::bad_json("the content hash does not match"));
             }
         }
+        let prevs: Vec<String> = match obj.get("prev_events") {
+            Some(ruma::CanonicalJsonValue::Array(a)) => a
+                .iter()
+                .filter_map(|v| match v {
+                    ruma::CanonicalJsonValue::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let known = api
+            .store
+            .select_events(&prevs)
+            .await
+            .map_err(storage_error)?
+            .len();
+        if known < prevs.len() {
+            fill_gap(api, origin, &room_id, &rules, &event_id).await;
+        }
         api.rooms
             .accept_remote_event(&room_id, &event_id, obj.clone())
             .await
@@ -566,6 +587,74 @@ async fn accept_pdu(api: &FederationApi, origin: &str, pdu: Value) -> (String, R
     }
     .await;
     (id, outcome)
+}
+
+/// Most events one gap fill asks for.
+const GAP_LIMIT: usize = 50;
+
+/// Asks `origin` for the events between our forward extremities and `event_id`
+/// (`/get_missing_events`) and accepts them oldest first, each checked like any PDU
+/// (id, signatures, a wrong hash redacts it, auth rules). A gap wider than one answer
+/// stays open: the event is then refused for its unknown `prev_events`.
+async fn fill_gap(
+    api: &FederationApi,
+    origin: &str,
+    room_id: &ruma::RoomId,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    event_id: &ruma::EventId,
+) {
+    let extremities = match api.store.select_extremities(room_id.as_str()).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(room = %room_id, error = %e, "cannot read the room's extremities");
+            return;
+        }
+    };
+    let min_depth = extremities.iter().map(|(_, d)| *d).min().unwrap_or(0);
+    let body = json!({
+        "earliest_events": extremities.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        "latest_events": [event_id],
+        "limit": GAP_LIMIT,
+        "min_depth": min_depth,
+    });
+    let path = format!(
+        "/_matrix/federation/v1/get_missing_events/{}",
+        ganglion_http::percent_encode(room_id.as_str())
+    );
+    let answer = match api
+        .client
+        .request(reqwest::Method::POST, origin, &path, Some(&body))
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(%origin, room = %room_id, error = %e, "get_missing_events failed");
+            return;
+        }
+    };
+    let list = answer
+        .get("events")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut events = crate::history::checked_pdus(&api.keys, rules, list, origin).await;
+    let depth = |o: &ruma::CanonicalJsonObject| match o.get("depth") {
+        Some(ruma::CanonicalJsonValue::Integer(d)) => i64::from(*d),
+        _ => 0,
+    };
+    events.sort_by_key(|(_, o)| depth(o));
+    let mut filled = 0usize;
+    for (id, obj) in events {
+        match api.rooms.accept_remote_event(room_id, &id, obj).await {
+            Ok(Some(_)) => filled += 1,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(%origin, event = %id, error = %e.message, "refused a missing event");
+            }
+        }
+    }
+    metrics::counter!("ganglion_federation_gap_events_total").increment(filled as u64);
+    tracing::info!(%origin, room = %room_id, filled, "filled a gap with get_missing_events");
 }
 
 /// Applies one EDU from `origin`: typing and read receipts of its own users in rooms

@@ -196,6 +196,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 rooms: rooms.clone(),
                 typing: typing.clone(),
                 receipts: writers.receipts.clone(),
+                client: client.clone(),
             };
             Some((ganglion_federation::router(api), tls))
         }
