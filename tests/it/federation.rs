@@ -814,6 +814,75 @@ async fn two_ganglions_federate() {
     two.cleanup().await;
 }
 
+/// A room's server ACL shuts a server out: after the room's admin denies it, its
+/// messages are dropped and its reads of the room get 403 `M_FORBIDDEN`. (Every server
+/// here is `localhost:PORT`, and ACLs ignore ports, so the ACL names `localhost`; a
+/// server never checks its own events against it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_acl_shuts_a_server_out() {
+    let ca = test_ca();
+    let (one, one_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let (two, two_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let carol = two.user("carol").await;
+    let local = format!("acl{}", rand::random::<u32>());
+    let room = carol
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let dave = one.user("dave").await;
+    let joined = dave
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{two_name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    exchange(&carol, &dave, &room, 2).await;
+    let last = bodies_and_ids(&carol, &room).await.1;
+
+    carol
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
+                enc(&room)
+            ),
+            json!({ "allow": ["*"], "deny": ["localhost"], "allow_ip_literals": false }),
+        )
+        .await
+        .ok();
+    dave.send_text(&room, "after the acl").await;
+    carol.send_text(&room, "carol's own").await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let have = bodies(&carol, &room).await;
+    assert!(have.contains(&"carol's own".to_owned()));
+    assert!(
+        !have.contains(&"after the acl".to_owned()),
+        "a denied server's message was accepted"
+    );
+    let one_key = ganglion_rooms::ServerKey::load_or_generate(
+        &one.dir.join("signing.key").display().to_string(),
+    )
+    .expect("server one's key");
+    let (status, v) = signed_get(
+        &https(&ca),
+        &one_key,
+        &one_name,
+        &two_name,
+        &format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            enc(&room),
+            enc(&last)
+        ),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["errcode"], "M_FORBIDDEN");
+    one.cleanup().await;
+    two.cleanup().await;
+}
+
 /// The sum of one counter in a worker's Prometheus metrics.
 async fn counter(w: &ganglion_tests::server::Worker, name: &str) -> f64 {
     w.metrics_text()

@@ -11,6 +11,7 @@
 //! Not built yet (they answer 404 `M_UNRECOGNIZED`): transactions, joins, invites,
 //! backfill, state and event reads, and the federation sender.
 
+pub mod acl;
 pub mod client;
 pub mod history;
 pub mod invite;

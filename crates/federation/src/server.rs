@@ -346,6 +346,7 @@ async fn make_join(
     } else {
         versions
     };
+    acl_check(&api, &origin, room_id.as_str()).await?;
     let (version, event) = api.rooms.make_join(&room_id, &user_id, &versions).await?;
     Ok(Json(json!({ "room_version": version, "event": event })))
 }
@@ -361,6 +362,7 @@ async fn send_join(
         return Err(Error::bad_json("the event must be an object").into());
     };
     let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("bad room id"))?;
+    acl_check(&api, &origin, room_id.as_str()).await?;
     let (_, rules) = api.rooms.room_version(room_id.as_str()).await?;
     let computed = crate::pdu::event_id_of(&obj, &rules)?;
     if computed.as_str() != event_id {
@@ -555,6 +557,7 @@ async fn accept_pdu(api: &FederationApi, origin: &str, pdu: Value) -> (String, R
                 "relaying other servers' events is not accepted yet",
             ));
         }
+        acl_check(api, origin, room_id.as_str()).await?;
         match crate::pdu::verify(&api.keys, &obj, &rules).await? {
             ruma::signatures::Verified::All => {}
             ruma::signatures::Verified::Signatures => {
@@ -673,6 +676,7 @@ async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<()
                 .get("user_id")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
+            acl_check(api, origin, room).await?;
             if !of_origin(user) || !api.rooms.is_joined(user, room).await? {
                 return Err(Error::forbidden(
                     "typing of a user not of the origin or not joined",
@@ -699,6 +703,9 @@ async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<()
                 let Some(reads) = by_type.get("m.read").and_then(Value::as_object) else {
                     continue;
                 };
+                if acl_check(api, origin, room).await.is_err() {
+                    continue;
+                }
                 for (user, r) in reads {
                     if !of_origin(user) || !api.rooms.is_joined(user, room).await? {
                         continue;
@@ -847,8 +854,27 @@ async fn invite(
     ))
 }
 
-/// Whether `origin` has a joined member in the room: only such servers may read it.
+/// 403 `M_FORBIDDEN` when the room's server ACL denies `origin`.
+async fn acl_check(api: &FederationApi, origin: &str, room_id: &str) -> Result<(), Error> {
+    match api
+        .rooms
+        .current_state_content(room_id, "m.room.server_acl", "")
+        .await?
+    {
+        Some(acl) if !crate::acl::allows(&acl, origin) => {
+            tracing::warn!(%origin, room = %room_id, "refused by the room's server ACL");
+            Err(Error::forbidden(
+                "your server is denied by the room's server ACL",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `origin` has a joined member in the room (only such servers may read it) and
+/// the room's server ACL allows it.
 async fn origin_in_room(api: &FederationApi, origin: &str, room_id: &str) -> Result<(), Error> {
+    acl_check(api, origin, room_id).await?;
     let members = api
         .store
         .select_room_members(room_id, &["join"])
