@@ -1703,6 +1703,66 @@ async fn a_synapse_user_invites_a_ganglion_user() {
     srv.cleanup().await;
 }
 
+/// Invites rejected both ways over make_leave/send_leave: a Ganglion user rejects a
+/// Synapse user's invite (Ganglion has only the stub room, so it leaves through
+/// Synapse), and a Synapse user rejects a Ganglion user's invite (Synapse leaves
+/// through us). Each side then shows the rejection as a leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_are_rejected_both_ways() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, _name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let bob = synapse.user("bob").await;
+    let alice = srv.user("alice").await;
+    let membership = |c: &Client, room: &str, user: &str| {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(room),
+            enc(user)
+        );
+        let c = c.clone();
+        async move { c.get(&path).await.body["membership"].clone() }
+    };
+
+    let theirs = bob
+        .create_room(json!({ "preset": "private_chat", "invite": [alice.user_id] }))
+        .await;
+    wait_until(|| async {
+        alice.sync(None, 0).await["rooms"]["invite"]
+            .get(&theirs)
+            .is_some()
+    })
+    .await;
+    let left = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&theirs)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(left.status, 200, "{}", left.body);
+    assert_eq!(membership(&bob, &theirs, &alice.user_id).await, "leave");
+    assert!(
+        alice.sync(None, 0).await["rooms"]["invite"]
+            .get(&theirs)
+            .is_none(),
+        "the invite is gone for alice"
+    );
+
+    let ours = alice
+        .create_room(json!({ "preset": "private_chat", "invite": [bob.user_id] }))
+        .await;
+    // Synapse countersigned the invite before our createRoom returned: it has it.
+    let left = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&ours)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(left.status, 200, "Synapse's reject: {}", left.body);
+    assert_eq!(membership(&alice, &ours, &bob.user_id).await, "leave");
+    srv.cleanup().await;
+}
+
 /// A GET signed as `origin` with `key`, to `dest`'s federation listener.
 async fn signed_get(
     http: &reqwest::Client,

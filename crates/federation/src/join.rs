@@ -70,34 +70,7 @@ async fn join_via(
     server: &str,
     template: &Value,
 ) -> Result<(), Error> {
-    let version = template
-        .get("room_version")
-        .and_then(Value::as_str)
-        .unwrap_or("1");
-    let version = RoomVersionId::try_from(version)
-        .map_err(|_| Error::new(ErrorKind::IncompatibleRoomVersion, "unknown room version"))?;
-    let rules = version.rules().ok_or_else(|| {
-        Error::new(
-            ErrorKind::IncompatibleRoomVersion,
-            format!("room version {version} is not supported"),
-        )
-    })?;
-    let Some(Ok(CanonicalJsonValue::Object(mut event))) = template
-        .get("event")
-        .cloned()
-        .map(CanonicalJsonValue::try_from)
-    else {
-        return Err(Error::bad_json("make_join gave no event template"));
-    };
-    event.insert(
-        "origin_server_ts".into(),
-        CanonicalJsonValue::Integer(now_ms().try_into().unwrap_or_default()),
-    );
-    event.remove("signatures");
-    event.remove("hashes");
-    event.remove("unsigned");
-    ruma::signatures::hash_and_sign_event(client.origin(), &key.pair, &mut event, &rules.redaction)
-        .map_err(|e| Error::internal(format!("cannot sign our join: {e}")))?;
+    let (version, rules, event) = signed_template(client, key, template)?;
     let event_id = pdu::event_id_of(&event, &rules)?;
     let path = format!(
         "/_matrix/federation/v2/send_join/{}/{}",
@@ -163,4 +136,110 @@ async fn checked(
         }
     }
     Ok(out)
+}
+
+/// Rejects an invite to a room we do not have (or leaves it) through the first of `via`
+/// that answers: make_leave, our signed leave, send_leave v2; then keeps the leave in
+/// the stub room, so the invite is gone for the user.
+pub async fn leave_remote(
+    client: &FederationClient,
+    key: &ServerKey,
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user: &UserId,
+    via: &[String],
+) -> Result<(), Error> {
+    let mut last = Error::not_found("no server to leave the room through");
+    for server in via.iter().filter(|s| s.as_str() != client.origin()).take(5) {
+        let path = format!(
+            "/_matrix/federation/v1/make_leave/{}/{}",
+            ganglion_http::percent_encode(room_id.as_str()),
+            ganglion_http::percent_encode(user.as_str())
+        );
+        let template = match client.get(server, &path).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%server, room = %room_id, error = %e, "make_leave failed");
+                last = e.into();
+                continue;
+            }
+        };
+        let (version, rules, event) = match signed_template(client, key, &template) {
+            Ok(t) => t,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        let event_id = pdu::event_id_of(&event, &rules)?;
+        let path = format!(
+            "/_matrix/federation/v2/send_leave/{}/{}",
+            ganglion_http::percent_encode(room_id.as_str()),
+            ganglion_http::percent_encode(event_id.as_str())
+        );
+        let body = serde_json::to_value(CanonicalJsonValue::Object(event.clone()))
+            .map_err(|e| Error::internal(e.to_string()))?;
+        match client
+            .request(reqwest::Method::PUT, server, &path, Some(&body))
+            .await
+        {
+            Ok(_) => {
+                rooms
+                    .store_remote_leave(room_id, &version, &event_id, event)
+                    .await?;
+                tracing::info!(room = %room_id, %server, "left a remote room");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(%server, room = %room_id, error = %e, "send_leave failed");
+                last = e.into();
+            }
+        }
+    }
+    Err(last)
+}
+
+/// A make_join or make_leave template filled in and signed: its room version, the
+/// version's rules and the event.
+fn signed_template(
+    client: &FederationClient,
+    key: &ServerKey,
+    template: &Value,
+) -> Result<
+    (
+        RoomVersionId,
+        ruma::room_version_rules::RoomVersionRules,
+        CanonicalJsonObject,
+    ),
+    Error,
+> {
+    let version = template
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or("1");
+    let version = RoomVersionId::try_from(version)
+        .map_err(|_| Error::new(ErrorKind::IncompatibleRoomVersion, "unknown room version"))?;
+    let rules = version.rules().ok_or_else(|| {
+        Error::new(
+            ErrorKind::IncompatibleRoomVersion,
+            format!("room version {version} is not supported"),
+        )
+    })?;
+    let Some(Ok(CanonicalJsonValue::Object(mut event))) = template
+        .get("event")
+        .cloned()
+        .map(CanonicalJsonValue::try_from)
+    else {
+        return Err(Error::bad_json("the template has no event"));
+    };
+    event.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(now_ms().try_into().unwrap_or_default()),
+    );
+    event.remove("signatures");
+    event.remove("hashes");
+    event.remove("unsigned");
+    ruma::signatures::hash_and_sign_event(client.origin(), &key.pair, &mut event, &rules.redaction)
+        .map_err(|e| Error::internal(format!("cannot sign our event: {e}")))?;
+    Ok((version, rules, event))
 }

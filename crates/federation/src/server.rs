@@ -69,6 +69,14 @@ pub fn router(api: FederationApi) -> Router {
             axum::routing::put(send_join),
         )
         .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(make_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            axum::routing::put(send_leave),
+        )
+        .route(
             "/_matrix/federation/v1/send/{txn_id}",
             axum::routing::put(send_transaction),
         )
@@ -358,32 +366,8 @@ async fn send_join(
     req: axum::extract::Request,
 ) -> Result<Json<Value>, ApiError> {
     let (origin, content) = signed_body(&api, req).await?;
-    let ruma::CanonicalJsonValue::Object(obj) = content else {
-        return Err(Error::bad_json("the event must be an object").into());
-    };
-    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("bad room id"))?;
-    acl_check(&api, &origin, room_id.as_str()).await?;
-    let (_, rules) = api.rooms.room_version(room_id.as_str()).await?;
-    let computed = crate::pdu::event_id_of(&obj, &rules)?;
-    if computed.as_str() != event_id {
-        return Err(Error::bad_json("the event id is not the event's reference hash").into());
-    }
-    let sender = obj
-        .get("sender")
-        .and_then(|s| match s {
-            ruma::CanonicalJsonValue::String(s) => ruma::UserId::parse(s.as_str()).ok(),
-            _ => None,
-        })
-        .ok_or_else(|| Error::bad_json("no sender"))?;
-    if sender.server_name().as_str() != origin {
-        return Err(Error::forbidden("the join's sender is not a user of the origin").into());
-    }
-    match crate::pdu::verify(&api.keys, &obj, &rules).await? {
-        ruma::signatures::Verified::All => {}
-        ruma::signatures::Verified::Signatures => {
-            return Err(Error::bad_json("the join's content hash does not match").into());
-        }
-    }
+    let (room_id, computed, obj) =
+        member_event_of(&api, &origin, &room_id, &event_id, content).await?;
     let joined = api
         .rooms
         .accept_remote_join(&room_id, &computed, obj.clone())
@@ -425,6 +409,88 @@ async fn send_join(
         "members_omitted": false,
         "servers_in_room": servers,
     })))
+}
+
+/// The signed member event of a `send_join` or `send_leave`, checked: the room's ACL
+/// allows the origin, the id is the reference hash, the sender is a user of the origin,
+/// the signatures and content hash verify.
+async fn member_event_of(
+    api: &FederationApi,
+    origin: &str,
+    room_id: &str,
+    event_id: &str,
+    content: ruma::CanonicalJsonValue,
+) -> Result<
+    (
+        ruma::OwnedRoomId,
+        ruma::OwnedEventId,
+        ruma::CanonicalJsonObject,
+    ),
+    Error,
+> {
+    let ruma::CanonicalJsonValue::Object(obj) = content else {
+        return Err(Error::bad_json("the event must be an object"));
+    };
+    let room_id = ruma::RoomId::parse(room_id).map_err(|_| Error::invalid_param("bad room id"))?;
+    acl_check(api, origin, room_id.as_str()).await?;
+    let (_, rules) = api.rooms.room_version(room_id.as_str()).await?;
+    let computed = crate::pdu::event_id_of(&obj, &rules)?;
+    if computed.as_str() != event_id {
+        return Err(Error::bad_json(
+            "the event id is not the event's reference hash",
+        ));
+    }
+    let sender = obj
+        .get("sender")
+        .and_then(|s| match s {
+            ruma::CanonicalJsonValue::String(s) => ruma::UserId::parse(s.as_str()).ok(),
+            _ => None,
+        })
+        .ok_or_else(|| Error::bad_json("no sender"))?;
+    if sender.server_name().as_str() != origin {
+        return Err(Error::forbidden(
+            "the event's sender is not a user of the origin",
+        ));
+    }
+    match crate::pdu::verify(&api.keys, &obj, &rules).await? {
+        ruma::signatures::Verified::All => {}
+        ruma::signatures::Verified::Signatures => {
+            return Err(Error::bad_json("the event's content hash does not match"));
+        }
+    }
+    Ok((room_id, computed, obj))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
+async fn make_leave(
+    State(api): State<FederationApi>,
+    Origin(origin): Origin,
+    axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("bad room id"))?;
+    let user_id = ruma::UserId::parse(&user_id).map_err(|_| Error::invalid_param("bad user id"))?;
+    if user_id.server_name().as_str() != origin {
+        return Err(Error::forbidden("you may only make leaves for your own users").into());
+    }
+    acl_check(&api, &origin, room_id.as_str()).await?;
+    let (version, event) = api.rooms.make_leave(&room_id, &user_id).await?;
+    Ok(Json(json!({ "room_version": version, "event": event })))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`.
+async fn send_leave(
+    State(api): State<FederationApi>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<Json<Value>, ApiError> {
+    let (origin, content) = signed_body(&api, req).await?;
+    let (room_id, computed, obj) =
+        member_event_of(&api, &origin, &room_id, &event_id, content).await?;
+    api.rooms
+        .accept_remote_leave(&room_id, &computed, obj)
+        .await?;
+    tracing::info!(%origin, room = %room_id, event = %computed, "remote leave accepted");
+    Ok(Json(json!({})))
 }
 
 /// Reads a JSON body (at most 1 MiB) and checks the request's X-Matrix signature over

@@ -55,42 +55,15 @@ impl Rooms {
                 "joining rooms of versions 1 and 2 over federation is not supported yet",
             ));
         }
-        let content = join_content();
-        let raw = serde_json::value::to_raw_value(&content)
-            .map_err(|e| Error::internal(e.to_string()))?;
-        let auth_types = state_res::auth_types_for_event(
-            &TimelineEventType::RoomMember,
-            user_id,
-            Some(user_id.as_str()),
-            &raw,
-            &rules.authorization,
-        )
-        .map_err(Error::internal)?;
-        let mut keys: Vec<(String, String)> = auth_types
-            .iter()
-            .map(|(t, k)| (t.to_string(), k.clone()))
-            .collect();
-        keys.push(("m.room.join_rules".into(), String::new()));
-        let head = self
-            .head_view(room_id.as_str(), &keys)
-            .await?
-            .ok_or_else(|| Error::not_found("unknown room"))?;
         // Only what the auth rules would allow: a public room, or an invited user.
-        let join_rule = match head
-            .state
-            .get(&("m.room.join_rules".to_owned(), String::new()))
-        {
-            Some(id) => self
-                .load_pdu(id)
-                .await?
-                .and_then(|p| p.content_as::<Value>())
-                .and_then(|c| {
-                    c.get("join_rule")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                }),
-            None => None,
-        };
+        let join_rule = self
+            .current_state_content(room_id.as_str(), "m.room.join_rules", "")
+            .await?
+            .and_then(|c| {
+                c.get("join_rule")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
         let membership = self
             .inner
             .store
@@ -105,6 +78,63 @@ impl Rooms {
                 "you are not invited to this room and it is not public",
             ));
         }
+        let event = self
+            .member_template(room_id, user_id, join_content(), &rules)
+            .await?;
+        Ok((version, event))
+    }
+
+    /// The unsigned leave event a remote server fills in for `user_id`, invited or
+    /// joined (`make_leave`: rejecting an invite, or leaving through us).
+    pub async fn make_leave(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<(RoomVersionId, Value)> {
+        let (version, rules) = self.room_version(room_id.as_str()).await?;
+        let membership = self
+            .inner
+            .store
+            .select_membership(room_id.as_str(), user_id.as_str())
+            .await
+            .map_err(storage_error)?
+            .map(|(m, _)| m);
+        if !matches!(membership.as_deref(), Some("invite" | "join" | "knock")) {
+            return Err(Error::forbidden("you are not in this room and not invited"));
+        }
+        let event = self
+            .member_template(room_id, user_id, json!({ "membership": "leave" }), &rules)
+            .await?;
+        Ok((version, event))
+    }
+
+    /// A member event of `user_id` about themselves, unsigned: current forward
+    /// extremities as `prev_events`, the auth events the rules select from current state.
+    async fn member_template(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        content: Value,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<Value> {
+        let raw = serde_json::value::to_raw_value(&content)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let auth_types = state_res::auth_types_for_event(
+            &TimelineEventType::RoomMember,
+            user_id,
+            Some(user_id.as_str()),
+            &raw,
+            &rules.authorization,
+        )
+        .map_err(Error::internal)?;
+        let keys: Vec<(String, String)> = auth_types
+            .iter()
+            .map(|(t, k)| (t.to_string(), k.clone()))
+            .collect();
+        let head = self
+            .head_view(room_id.as_str(), &keys)
+            .await?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
         let auth_events: Vec<&String> = head
             .state
             .iter()
@@ -119,7 +149,7 @@ impl Rooms {
         let depth = head.extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
         let prev_events: Vec<&String> =
             head.extremities.iter().take(10).map(|(id, _)| id).collect();
-        let event = json!({
+        Ok(json!({
             "type": "m.room.member",
             "state_key": user_id,
             "sender": user_id,
@@ -129,8 +159,7 @@ impl Rooms {
             "depth": depth,
             "prev_events": prev_events,
             "auth_events": auth_events,
-        });
-        Ok((version, event))
+        }))
     }
 
     /// Accepts a remote user's signed join (`event_id` already checked to be its
@@ -163,6 +192,23 @@ impl Rooms {
             auth_chain,
             pos,
         })
+    }
+
+    /// Accepts a remote user's signed leave (`send_leave`; id and signatures checked by
+    /// the caller): checked against its auth events and current state, persisted.
+    pub async fn accept_remote_leave(
+        &self,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+        event: CanonicalJsonObject,
+    ) -> Result<StreamPos> {
+        let (pdu, json) = parse_remote(room_id, event_id, event)?;
+        if membership_of(&pdu).as_deref() != Some("leave")
+            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+        {
+            return Err(Error::bad_json("not a leave of its sender"));
+        }
+        Ok(self.persist_remote(room_id, pdu, json).await?.0)
     }
 
     /// Accepts an event another server sent us in a transaction (its id and signatures
@@ -436,6 +482,34 @@ impl Rooms {
         event: CanonicalJsonObject,
         invite_room_state: Vec<Value>,
     ) -> Result<StreamPos> {
+        let unsigned = json!({ "invite_room_state": invite_room_state }).to_string();
+        self.store_stub_member(room_id, version, event_id, event, "invite", Some(unsigned))
+            .await
+    }
+
+    /// Keeps our user's leave of a room we know only from an invite (the invite
+    /// rejected through the inviter's server: `make_leave`/`send_leave`).
+    pub async fn store_remote_leave(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: &OwnedEventId,
+        event: CanonicalJsonObject,
+    ) -> Result<StreamPos> {
+        self.store_stub_member(room_id, version, event_id, event, "leave", None)
+            .await
+    }
+
+    /// Stores a member event in a room we do not have the state of (a stub).
+    async fn store_stub_member(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: &OwnedEventId,
+        event: CanonicalJsonObject,
+        membership: &str,
+        unsigned: Option<String>,
+    ) -> Result<StreamPos> {
         let persister = self.persister()?;
         let (pdu, json) = parse_remote(room_id, event_id, event)?;
         let _guard = self.lock_room(room_id.as_str()).await;
@@ -456,11 +530,11 @@ impl Rooms {
             depth: pdu.depth,
             origin_server_ts: i64::from(pdu.origin_server_ts.get()),
             json: json.to_string(),
-            unsigned: Some(json!({ "invite_room_state": invite_room_state }).to_string()),
+            unsigned,
             txn: None,
             prev_events: Vec::new(),
             prev_state_group: state_group,
-            membership: Some("invite".into()),
+            membership: Some(membership.into()),
             redacts: None,
             new_room: (!known).then(|| ganglion_storage::events::NewRoom {
                 version: version.to_string(),

@@ -194,8 +194,47 @@ pub async fn leave_room(
     State(api): State<ClientApi>,
     req: Authed<leave_room::v3::Request>,
 ) -> ApiResult<Json<Value>> {
+    let room_id = &req.body.room_id;
+    // An invite to a room none of our users is in is rejected through the inviter's
+    // server: we cannot build events in a room whose state we do not have.
+    if let Some(fed) = &api.federation
+        && let Some((m, event_id)) = api
+            .rooms
+            .store()
+            .select_membership(room_id.as_str(), req.user().as_str())
+            .await
+            .map_err(storage_error)?
+        && m == "invite"
+        && !api.rooms.has_local_members(room_id).await?
+    {
+        let mut via = Vec::new();
+        if let Some(ev) = api
+            .rooms
+            .store()
+            .select_event(&event_id)
+            .await
+            .map_err(storage_error)?
+            && let Ok(inviter) = ruma::UserId::parse(&ev.sender)
+        {
+            via.push(inviter.server_name().to_string());
+        }
+        if let Some(server) = room_id.server_name() {
+            via.push(server.to_string());
+        }
+        via.dedup();
+        ganglion_federation::join::leave_remote(
+            &fed.client,
+            &fed.key,
+            &api.rooms,
+            room_id,
+            req.user(),
+            &via,
+        )
+        .await?;
+        return Ok(Json(json!({})));
+    }
     api.rooms
-        .leave(&req.body.room_id, req.user(), req.body.reason.as_deref())
+        .leave(room_id, req.user(), req.body.reason.as_deref())
         .await?;
     Ok(Json(json!({})))
 }
