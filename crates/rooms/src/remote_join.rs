@@ -397,6 +397,11 @@ impl Rooms {
         }
         first.sort_by_key(|p| p.depth);
         last.sort_by_key(|p| p.depth);
+        let (join_pdu, join_json) = parse_remote(room_id, &join.0, join.1)?;
+        self.check_join_answer(
+            room_id, version, &mut first, &mut last, &state_ids, &join_pdu,
+        )
+        .await?;
         let creator = first
             .iter()
             .chain(&last)
@@ -405,7 +410,6 @@ impl Rooms {
         if creator.is_none() && !known {
             return Err(Error::bad_json("the room's state has no create event"));
         }
-        let (join_pdu, join_json) = parse_remote(room_id, &join.0, join.1)?;
         let join_prevs = join_pdu.prev_events.clone();
         let mut inserted: Vec<String> = old_extremities;
         let mut group: Option<i64> = group_now;
@@ -469,6 +473,111 @@ impl Rooms {
         // The history before the join is fetched when someone pages back to it.
         self.seed_backfill_frontier(room_id, &join_prevs).await?;
         Ok(pos)
+    }
+
+    /// Checks what a send_join returned before we store it: every new event of the auth
+    /// chain and the state passes the auth rules against its own auth events (oldest
+    /// first; one that fails, and whatever it authorises, is dropped and logged), a
+    /// room-v12 id is the hash of the create event, and our join passes the auth rules
+    /// against the returned state.
+    async fn check_join_answer(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        first: &mut Vec<Pdu>,
+        last: &mut Vec<Pdu>,
+        state_ids: &std::collections::HashSet<OwnedEventId>,
+        join: &Pdu,
+    ) -> Result<()> {
+        let rules = version.rules().ok_or_else(|| {
+            Error::new(
+                ErrorKind::IncompatibleRoomVersion,
+                format!("room version {version} is not supported"),
+            )
+        })?;
+        let mut all: Vec<&Pdu> = first.iter().chain(last.iter()).collect();
+        all.sort_by_key(|p| p.depth);
+        // Auth events we hold already (a room known from an invite, or rejoined).
+        let wanted: Vec<String> = all
+            .iter()
+            .flat_map(|p| p.auth_events.iter())
+            .chain(state_ids.iter())
+            .map(ToString::to_string)
+            .collect();
+        let stored = self.load_pdus(&wanted).await?;
+        let create = all
+            .iter()
+            .copied()
+            .find(|p| p.kind == TimelineEventType::RoomCreate)
+            .or_else(|| {
+                stored
+                    .values()
+                    .map(|p| &**p)
+                    .find(|p| p.kind == TimelineEventType::RoomCreate)
+            });
+        if rules.authorization.room_create_event_id_as_room_id
+            && let Some(c) = create
+            && room_id.as_str().get(1..) != c.event_id.as_str().get(1..)
+        {
+            return Err(Error::bad_json(
+                "the room id is not the hash of the room's create event",
+            ));
+        }
+        let mut accepted: HashMap<OwnedEventId, &Pdu> = HashMap::new();
+        let mut rejected: std::collections::HashSet<OwnedEventId> = Default::default();
+        for pdu in all {
+            let check = state_res::check_state_independent_auth_rules(
+                &rules.authorization,
+                pdu,
+                |id: &ruma::EventId| {
+                    accepted
+                        .get(id)
+                        .copied()
+                        .or_else(|| stored.get(id.as_str()).map(|p| &**p))
+                        .or_else(|| create.filter(|c| c.event_id == id))
+                },
+            );
+            match check {
+                Ok(()) => {
+                    accepted.insert(pdu.event_id.clone(), pdu);
+                }
+                Err(e) => {
+                    tracing::warn!(room = %room_id, event = %pdu.event_id, error = %e, "a send_join event failed auth; dropped");
+                    rejected.insert(pdu.event_id.clone());
+                }
+            }
+        }
+        // The join against the state it was made in.
+        let state: HashMap<String, Arc<Pdu>> = accepted
+            .iter()
+            .filter(|(id, _)| state_ids.contains(*id))
+            .map(|(id, p)| (id.to_string(), Arc::new((*p).clone())))
+            .chain(
+                stored
+                    .iter()
+                    .filter(|(id, _)| state_ids.iter().any(|s| s.as_str() == id.as_str()))
+                    .map(|(id, p)| (id.clone(), p.clone())),
+            )
+            .collect();
+        let by_key = by_state_key(&state);
+        let by_id: HashMap<OwnedEventId, &Pdu> =
+            state.values().map(|p| (p.event_id.clone(), &**p)).collect();
+        state_res::check_state_independent_auth_rules(&rules.authorization, join, |id| {
+            by_id.get(id).copied()
+        })
+        .and_then(|()| {
+            state_res::check_state_dependent_auth_rules(&rules.authorization, join, |t, sk| {
+                by_key.get(&(t.clone(), sk.to_owned())).copied()
+            })
+        })
+        .map_err(|e| {
+            Error::forbidden(format!(
+                "our join fails the auth rules against the room's state: {e}"
+            ))
+        })?;
+        first.retain(|p| !rejected.contains(&p.event_id));
+        last.retain(|p| !rejected.contains(&p.event_id));
+        Ok(())
     }
 
     /// Keeps an invite another server sent for one of our users to a room we do not
