@@ -1246,6 +1246,31 @@ async fn a_gap_is_filled_with_get_missing_events() {
     two.cleanup().await;
 }
 
+/// A destination that contacts us ends our back-off from it: Synapse is down long
+/// enough for Ganglion's retries to be 16 s apart; once back, a message from its user
+/// reaches us, and Ganglion retries at once instead of waiting the back-off out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_contacts_us_is_retried_at_once() {
+    let ca = test_ca();
+    let mut synapse = Synapse::start(&ca);
+    let (srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let (alice, bob, room) = bob_joins_alices_room(&srv, &name, &synapse).await;
+    synapse.stop();
+    alice.send_text(&room, "while away").await;
+    // Retries after 0.5, 1, 2, 4 and 8 s: by now the next wait is 16 s.
+    tokio::time::sleep(std::time::Duration::from_secs(17)).await;
+    synapse.restart();
+    bob.send_text(&room, "I am back").await;
+    wait_for_bodies(&alice, &room, &["I am back".to_owned()], "alice").await;
+    wait_for_bodies(&bob, &room, &["while away".to_owned()], "bob").await;
+    assert!(
+        srv.log()
+            .contains("back-off ended: the destination contacted us"),
+        "the back-off was cut short"
+    );
+    srv.cleanup().await;
+}
+
 /// Moderation crosses servers: a power-level change made on one side is enforced on the
 /// other, and a Synapse admin's kick and ban of a Ganglion user are obeyed by Ganglion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,10 @@
 //! from the cursor its last owner committed, and one it loses is let go after its
 //! transaction in flight. Without one (the single binary), it owns them all.
 //!
-//! Not built yet: presence and device-list EDUs, and waking a backed-off destination
-//! when it contacts us.
+//! A destination that contacts us while we back off from it is retried at once
+//! ([`Wakers`]; only where the inbound listener and the sender share a process).
+//!
+//! Not built yet: presence and device-list EDUs.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -63,6 +65,32 @@ enum Outgoing {
     CatchUp,
 }
 
+/// Wakes a destination that is backed off when it contacts us (its request proves it
+/// is up again): the inbound listener calls [`Wakers::wake`] for every authenticated
+/// origin. Only destinations sent to from this process can be woken.
+#[derive(Debug, Clone, Default)]
+pub struct Wakers {
+    inner: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>>,
+}
+
+impl Wakers {
+    /// Ends the back-off of `server`'s loop, if it is waiting.
+    pub fn wake(&self, server: &str) {
+        let notify = self.inner.lock().ok().and_then(|m| m.get(server).cloned());
+        if let Some(n) = notify {
+            n.notify_one();
+        }
+    }
+
+    fn register(&self, server: &str) -> Arc<tokio::sync::Notify> {
+        let n = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut m) = self.inner.lock() {
+            m.insert(server.to_owned(), n.clone());
+        }
+        n
+    }
+}
+
 /// What the sender runs with.
 #[derive(Debug, Clone)]
 struct Shared {
@@ -71,6 +99,8 @@ struct Shared {
     counter: Arc<AtomicU64>,
     /// This process's part of transaction ids.
     nonce: Arc<str>,
+    /// Back-offs that an incoming request from the destination ends.
+    wakers: Wakers,
     shutdown: CancellationToken,
 }
 
@@ -82,6 +112,7 @@ pub fn start(
     bus: &Bus,
     shutdown: CancellationToken,
     membership: Option<Membership>,
+    wakers: Wakers,
 ) {
     let sub = bus.subscribe();
     let shared = Shared {
@@ -89,6 +120,7 @@ pub fn start(
         store,
         counter: Arc::new(AtomicU64::new(0)),
         nonce: format!("{:08x}", rand::random::<u32>()).into(),
+        wakers,
         shutdown,
     };
     tokio::spawn(follow(shared, sub, membership));
@@ -356,6 +388,7 @@ async fn destination_loop(
         catch_up: true,
     };
     let mut backoff = Duration::from_millis(500);
+    let woken = shared.wakers.register(&destination);
     loop {
         if pending.catch_up || (pending.more && pending.pdus.is_empty()) {
             pending.catch_up = false;
@@ -436,10 +469,15 @@ async fn destination_loop(
                 Err(e) => {
                     tracing::warn!(%destination, error = %e, retry_in_ms = backoff.as_millis() as u64, "transaction not delivered");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff) => {
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
+                        () = woken.notified() => {
+                            tracing::info!(%destination, "back-off ended: the destination contacted us");
+                            backoff = Duration::from_millis(500);
+                        }
                         () = shared.shutdown.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

@@ -42,6 +42,8 @@ pub struct FederationApi {
     pub receipts: Arc<ganglion_rooms::streams::StreamWriter>,
     /// The outbound client (filling gaps with `/get_missing_events`).
     pub client: crate::client::FederationClient,
+    /// The sender's back-offs, ended when their destination contacts us.
+    pub wakers: crate::sender::Wakers,
 }
 
 /// The federation routes (the listener adds the 404 `M_UNRECOGNIZED` fallback).
@@ -260,6 +262,7 @@ pub async fn authenticate(
             uri,
             content.clone(),
         ) {
+            api.wakers.wake(&auth.origin);
             return Ok(auth.origin);
         }
         tracing::warn!(origin = %auth.origin, %uri, "bad X-Matrix signature");

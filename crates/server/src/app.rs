@@ -156,6 +156,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 client: client.clone(),
             }));
             // In the split shape the federation-sender processes send instead.
+            let wakers = ganglion_federation::sender::Wakers::default();
             if !config.federation.sender_workers {
                 ganglion_federation::sender::start(
                     client.clone(),
@@ -163,6 +164,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                     &bus,
                     tasks.clone(),
                     None,
+                    wakers.clone(),
                 );
             }
             let fed = &config.federation;
@@ -197,6 +199,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 typing: typing.clone(),
                 receipts: writers.receipts.clone(),
                 client: client.clone(),
+                wakers,
             };
             Some((ganglion_federation::router(api), tls))
         }

@@ -176,6 +176,8 @@ pub fn start_federation_sender(
         &server.bus,
         server.tasks.clone(),
         Some(membership),
+        // No inbound listener here to learn that a destination is back.
+        ganglion_federation::sender::Wakers::default(),
     );
     tracing::info!("federation sender started");
     Ok(())
