@@ -883,6 +883,51 @@ async fn a_server_acl_shuts_a_server_out() {
     two.cleanup().await;
 }
 
+/// Back-pagination in the split shape: `/messages` goes to a sync worker, which cannot
+/// fetch history from other servers; a page that runs past our earliest event is handed
+/// to main, which backfills, and later pages read what main stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_ganglion_backfills_through_main() {
+    let ca = test_ca();
+    let (one, _one_name) = TestServer::start_federating_split(&ca).await;
+    let (two, two_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let carol = two.user("carol").await;
+    let local = format!("hist{}", rand::random::<u32>());
+    let room = carol
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let mut before = Vec::new();
+    for i in 0..40 {
+        let body = format!("history-{i}");
+        carol.send_text(&room, &body).await;
+        before.push(body);
+    }
+    let dave = one.user("dave").await;
+    let joined = dave
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{two_name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let mut seen = message_bodies(&page_back(&dave, &room, 15).await);
+    seen.reverse();
+    assert_eq!(
+        seen, before,
+        "dave pages back through the history before his join"
+    );
+    let mut handed = 0.0;
+    for i in 0..2 {
+        handed += counter(one.sync_worker(i), "ganglion_worker_handed_to_main_total").await;
+    }
+    assert!(handed >= 1.0, "a sync worker handed a page to main");
+    one.cleanup().await;
+    two.cleanup().await;
+}
+
 /// The sum of one counter in a worker's Prometheus metrics.
 async fn counter(w: &ganglion_tests::server::Worker, name: &str) -> f64 {
     w.metrics_text()

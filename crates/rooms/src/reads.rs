@@ -108,6 +108,9 @@ pub struct MessagesPage {
     pub end: Option<PageToken>,
     /// Member events for lazy loading.
     pub state: Vec<EventRow>,
+    /// The page ran past our earliest event of a room with more history on other
+    /// servers, and this process cannot fetch it (a worker): main should answer.
+    pub needs_backfill: bool,
 }
 
 /// The paging parameters of `/messages`.
@@ -210,6 +213,7 @@ impl Rooms {
             .min(if backwards { bounds.upto } else { i64::MAX });
         let mut exhausted = false;
         let mut backfills = 0;
+        let mut needs_backfill = false;
         // Fetch in rounds until the filtered page is full or the room is exhausted.
         while chunk.len() < limit {
             let want = i64::try_from((limit - chunk.len()) * 2 + 10).unwrap_or(100);
@@ -246,7 +250,15 @@ impl Rooms {
                 // have more history there.
                 if backwards && to.is_none() && backfills < MAX_BACKFILLS_PER_PAGE {
                     backfills += 1;
-                    if self.backfill_for_reader(room_id).await > 0 {
+                    if self.inner.persister.is_none() {
+                        needs_backfill = !self
+                            .inner
+                            .store
+                            .select_backfill_frontier(room_id)
+                            .await
+                            .map_err(storage_error)?
+                            .is_empty();
+                    } else if self.backfill_for_reader(room_id).await > 0 {
                         continue;
                     }
                 }
@@ -270,6 +282,7 @@ impl Rooms {
             start,
             end,
             state,
+            needs_backfill,
         })
     }
 

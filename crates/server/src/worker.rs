@@ -130,6 +130,7 @@ pub async fn build_worker(
     };
     // A federation sender serves no client requests: nothing to forward.
     let forward = forward.filter(|_| role == crate::run::Role::Sync);
+    let routes = hand_over_to_main(routes, forward.clone());
     let forwarding = forward.is_some();
     let app = with_layers(
         routes,
@@ -181,4 +182,39 @@ pub fn start_federation_sender(
     );
     tracing::info!("federation sender started");
     Ok(())
+}
+
+/// A read a worker answered with [`NEEDS_MAIN_HEADER`] (a `/messages` page that ran past
+/// our earliest event of a room with more history elsewhere, which only main may fetch)
+/// is sent to main instead, and main's answer goes back. The header never leaves.
+fn hand_over_to_main(routes: Router, forward: Option<Forwarder>) -> Router {
+    use axum::{body::Body, extract::Request, middleware::Next};
+    use ganglion_client_api::rooms::read::NEEDS_MAIN_HEADER;
+    routes.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let forward = forward.clone();
+            async move {
+                let copy = (req.method() == http::Method::GET).then(|| {
+                    let (parts, _) = Request::new(()).into_parts();
+                    let mut r = Request::from_parts(parts, Body::empty());
+                    *r.method_mut() = req.method().clone();
+                    *r.uri_mut() = req.uri().clone();
+                    *r.headers_mut() = req.headers().clone();
+                    r.extensions_mut().clone_from(req.extensions());
+                    r
+                });
+                let mut resp = next.run(req).await;
+                if resp.headers_mut().remove(NEEDS_MAIN_HEADER).is_none() {
+                    return resp;
+                }
+                match (forward, copy) {
+                    (Some(f), Some(copy)) => {
+                        metrics::counter!("ganglion_worker_handed_to_main_total").increment(1);
+                        Forwarder::handle(axum::extract::State(f), copy).await
+                    }
+                    _ => resp,
+                }
+            }
+        },
+    ))
 }

@@ -68,7 +68,7 @@ fn page_token(s: &Option<String>) -> ApiResult<Option<PageToken>> {
 pub async fn get_message_events(
     State(rooms): State<Rooms>,
     req: Authed<get_message_events::v3::Request>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(http::HeaderMap, Json<Value>)> {
     let b = &req.body;
     let from = page_token(&b.from)?;
     let to = page_token(&b.to)?;
@@ -102,8 +102,20 @@ pub async fn get_message_events(
                 .await?
         );
     }
-    Ok(Json(out))
+    // A worker's page ended where main could fetch more: the worker hands the request on.
+    let mut headers = http::HeaderMap::new();
+    if page.needs_backfill {
+        headers.insert(
+            NEEDS_MAIN_HEADER,
+            http::HeaderValue::from_static("backfill"),
+        );
+    }
+    Ok((headers, Json(out)))
 }
+
+/// Set on a worker's answer that main should give instead (the worker's forwarding layer
+/// resends the request to main and never lets the header out).
+pub const NEEDS_MAIN_HEADER: &str = "x-ganglion-needs-main";
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`.
 pub async fn get_context(
