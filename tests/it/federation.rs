@@ -1833,6 +1833,108 @@ async fn invites_are_rejected_both_ways() {
     srv.cleanup().await;
 }
 
+/// Knocks both ways (make_knock, send_knock): a Ganglion user knocks on a Synapse room
+/// whose join rule is `knock`, Synapse shows the knock, its admin invites, and the user
+/// joins; then a Synapse user knocks on a Ganglion room, Ganglion shows the knock with
+/// the stripped state handed back, and an invite lets the Synapse user in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knocks_cross_both_ways() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let bob = synapse.user("bob").await;
+    let alice = srv.user("alice").await;
+    let knock_rules = json!([{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }]);
+    let membership = |c: &Client, room: &str, user: &str| {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(room),
+            enc(user)
+        );
+        let c = c.clone();
+        async move { c.get(&path).await.body["membership"].clone() }
+    };
+
+    let local = format!("knock{}", rand::random::<u32>());
+    let theirs = bob
+        .create_room(
+            json!({ "room_alias_name": local, "name": "Knock here", "initial_state": knock_rules }),
+        )
+        .await;
+    let knocked = alice
+        .post(
+            &format!(
+                "/_matrix/client/v3/knock/{}",
+                enc(&format!("#{local}:{}", synapse.server_name))
+            ),
+            json!({ "reason": "let me in" }),
+        )
+        .await;
+    assert_eq!(knocked.status, 200, "{}", knocked.body);
+    assert_eq!(knocked.body["room_id"], theirs.as_str());
+    assert_eq!(membership(&bob, &theirs, &alice.user_id).await, "knock");
+    let knock = alice.sync(None, 0).await["rooms"]["knock"][&theirs].clone();
+    assert!(
+        knock["knock_state"]["events"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock here")),
+        "the knock shows the room's name: {knock}"
+    );
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&theirs)),
+        json!({ "user_id": alice.user_id }),
+    )
+    .await
+    .ok();
+    wait_until(|| async {
+        alice.sync(None, 0).await["rooms"]["invite"]
+            .get(&theirs)
+            .is_some()
+    })
+    .await;
+    let joined = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&theirs)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+
+    let local = format!("knock{}", rand::random::<u32>());
+    let ours = alice
+        .create_room(
+            json!({ "room_alias_name": local, "name": "Our door", "initial_state": knock_rules }),
+        )
+        .await;
+    let knocked = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/knock/{}",
+                enc(&format!("#{local}:{name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(knocked.status, 200, "Synapse's knock: {}", knocked.body);
+    assert_eq!(membership(&alice, &ours, &bob.user_id).await, "knock");
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&ours)),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await
+        .ok();
+    let joined = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&ours)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "Synapse's join: {}", joined.body);
+    assert_eq!(membership(&alice, &ours, &bob.user_id).await, "join");
+    srv.cleanup().await;
+}
+
 /// A GET signed as `origin` with `key`, to `dest`'s federation listener.
 async fn signed_get(
     http: &reqwest::Client,

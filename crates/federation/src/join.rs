@@ -199,6 +199,71 @@ pub async fn leave_remote(
     Err(last)
 }
 
+/// Knocks on a room we do not have through the first of `via` that answers:
+/// make_knock (with the versions we support), our signed knock, send_knock; then keeps
+/// the knock, with the stripped state the server returned, in a stub room.
+pub async fn knock_remote(
+    client: &FederationClient,
+    key: &ServerKey,
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user: &UserId,
+    via: &[String],
+) -> Result<(), Error> {
+    let query: String = VERSIONS
+        .iter()
+        .map(|v| format!("ver={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut last = Error::not_found("no server to knock through");
+    for server in via.iter().filter(|s| s.as_str() != client.origin()).take(5) {
+        let path = format!(
+            "/_matrix/federation/v1/make_knock/{}/{}?{query}",
+            ganglion_http::percent_encode(room_id.as_str()),
+            ganglion_http::percent_encode(user.as_str())
+        );
+        let template = match client.get(server, &path).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%server, room = %room_id, error = %e, "make_knock failed");
+                last = e.into();
+                continue;
+            }
+        };
+        let (version, rules, event) = signed_template(client, key, &template)?;
+        let event_id = pdu::event_id_of(&event, &rules)?;
+        let path = format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            ganglion_http::percent_encode(room_id.as_str()),
+            ganglion_http::percent_encode(event_id.as_str())
+        );
+        let body = serde_json::to_value(CanonicalJsonValue::Object(event.clone()))
+            .map_err(|e| Error::internal(e.to_string()))?;
+        match client
+            .request(reqwest::Method::PUT, server, &path, Some(&body))
+            .await
+        {
+            Ok(answer) => {
+                let stripped = answer
+                    .get("knock_room_state")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                rooms
+                    .store_remote_knock(room_id, &version, &event_id, event, stripped)
+                    .await?;
+                tracing::info!(room = %room_id, %server, "knocked on a remote room");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(%server, room = %room_id, error = %e, "send_knock failed");
+                last = e.into();
+            }
+        }
+    }
+    Err(last)
+}
+
 /// A make_join or make_leave template filled in and signed: its room version, the
 /// version's rules and the event.
 fn signed_template(

@@ -71,6 +71,14 @@ pub fn router(api: FederationApi) -> Router {
             axum::routing::put(send_join),
         )
         .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(make_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            axum::routing::put(send_knock),
+        )
+        .route(
             "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
             get(make_leave),
         )
@@ -462,6 +470,53 @@ async fn member_event_of(
         }
     }
     Ok((room_id, computed, obj))
+}
+
+/// The room versions a `make_join` or `make_knock` request says its server supports
+/// (`ver` repeats; none means version 1 only).
+fn versions_of(query: Option<&str>) -> Vec<String> {
+    let versions = query_values(query.unwrap_or_default(), "ver");
+    if versions.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        versions
+    }
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}?ver=…`.
+async fn make_knock(
+    State(api): State<FederationApi>,
+    Origin(origin): Origin,
+    axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = room_of(&room_id)?;
+    let user_id = ruma::UserId::parse(&user_id).map_err(|_| Error::invalid_param("bad user id"))?;
+    if user_id.server_name().as_str() != origin {
+        return Err(Error::forbidden("you may only make knocks for your own users").into());
+    }
+    acl_check(&api, &origin, room_id.as_str()).await?;
+    let versions = versions_of(query.as_deref());
+    let (version, event) = api.rooms.make_knock(&room_id, &user_id, &versions).await?;
+    Ok(Json(json!({ "room_version": version, "event": event })))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`: the knock persisted,
+/// the room's stripped state back.
+async fn send_knock(
+    State(api): State<FederationApi>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<Json<Value>, ApiError> {
+    let (origin, content) = signed_body(&api, req).await?;
+    let (room_id, computed, obj) =
+        member_event_of(&api, &origin, &room_id, &event_id, content).await?;
+    let stripped = api
+        .rooms
+        .accept_remote_knock(&room_id, &computed, obj)
+        .await?;
+    tracing::info!(%origin, room = %room_id, event = %computed, "remote knock accepted");
+    Ok(Json(json!({ "knock_room_state": stripped })))
 }
 
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.

@@ -84,6 +84,118 @@ impl Rooms {
         Ok((version, event))
     }
 
+    /// The unsigned knock a remote server fills in for `user_id` (`make_knock`): the
+    /// room's version must have knocking and be one the remote supports, and its join
+    /// rule must be `knock` (or `knock_restricted`).
+    pub async fn make_knock(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        versions: &[String],
+    ) -> Result<(RoomVersionId, Value)> {
+        let (version, rules) = self.room_version(room_id.as_str()).await?;
+        if !versions.iter().any(|v| v == version.as_str()) || !rules.authorization.knocking {
+            return Err(Error::new(
+                ErrorKind::IncompatibleRoomVersion,
+                format!("the room is version {version}, which cannot be knocked on here"),
+            ));
+        }
+        let join_rule = self
+            .current_state_content(room_id.as_str(), "m.room.join_rules", "")
+            .await?
+            .and_then(|c| {
+                c.get("join_rule")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
+        let knockable = join_rule.as_deref() == Some("knock")
+            || (join_rule.as_deref() == Some("knock_restricted")
+                && rules.authorization.knock_restricted_join_rule);
+        if !knockable {
+            return Err(Error::forbidden("this room does not accept knocks"));
+        }
+        let membership = self
+            .inner
+            .store
+            .select_membership(room_id.as_str(), user_id.as_str())
+            .await
+            .map_err(storage_error)?
+            .map(|(m, _)| m);
+        if matches!(membership.as_deref(), Some("ban" | "join")) {
+            return Err(Error::forbidden("a banned or joined user cannot knock"));
+        }
+        let event = self
+            .member_template(room_id, user_id, json!({ "membership": "knock" }), &rules)
+            .await?;
+        Ok((version, event))
+    }
+
+    /// Accepts a remote user's signed knock (`send_knock`; id and signatures checked by
+    /// the caller) and returns the room's stripped state for the knocker.
+    pub async fn accept_remote_knock(
+        &self,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+        event: CanonicalJsonObject,
+    ) -> Result<Vec<Value>> {
+        let (pdu, json) = parse_remote(room_id, event_id, event)?;
+        if membership_of(&pdu).as_deref() != Some("knock")
+            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+        {
+            return Err(Error::bad_json("not a knock of its sender"));
+        }
+        self.persist_remote(room_id, pdu, json).await?;
+        self.stripped_state(room_id).await
+    }
+
+    /// The room's stripped state (spec: "Stripped state"), for invitees and knockers.
+    pub async fn stripped_state(&self, room_id: &RoomId) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for kind in [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.canonical_alias",
+            "m.room.avatar",
+            "m.room.topic",
+            "m.room.encryption",
+        ] {
+            let Some(id) = self
+                .inner
+                .store
+                .select_current_state_event(room_id.as_str(), kind, "")
+                .await
+                .map_err(storage_error)?
+            else {
+                continue;
+            };
+            if let Some(p) = self.load_pdu(&id).await? {
+                out.push(json!({
+                    "type": kind,
+                    "state_key": "",
+                    "sender": p.sender,
+                    "content": p.content_as::<Value>().unwrap_or_default(),
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps our user's knock on a room we do not have, with the stripped state its
+    /// server returned, so that the user sees it.
+    pub async fn store_remote_knock(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: &OwnedEventId,
+        event: CanonicalJsonObject,
+        knock_room_state: Vec<Value>,
+    ) -> Result<StreamPos> {
+        let unsigned = json!({ "knock_room_state": knock_room_state }).to_string();
+        self.store_stub_member(room_id, version, event_id, event, "knock", Some(unsigned))
+            .await
+    }
+
     /// The unsigned leave event a remote server fills in for `user_id`, invited or
     /// joined (`make_leave`: rejecting an invite, or leaving through us).
     pub async fn make_leave(

@@ -676,14 +676,15 @@ impl SyncService {
                 })
             })
             .collect();
-        // An invite from another server to a room we do not have: the stripped state its
-        // server sent with it.
+        // An invite from another server to a room we do not have, or our knock on one:
+        // the stripped state its server sent with it.
         if let Some(extra) = member_event
             .unsigned
             .as_deref()
             .and_then(|u| serde_json::from_str::<Value>(u).ok())
             .and_then(|u| {
                 u.get("invite_room_state")
+                    .or_else(|| u.get("knock_room_state"))
                     .and_then(Value::as_array)
                     .cloned()
             })

@@ -32,14 +32,6 @@ pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
     route::<joined_rooms::v3::Request, _, _, _>(r, joined_rooms)
 }
 
-/// Resolves a room id or a local alias.
-pub(crate) async fn resolve_room(
-    api: &ClientApi,
-    target: &RoomOrAliasId,
-) -> ApiResult<OwnedRoomId> {
-    Ok(resolve_room_and_servers(api, target).await?.0)
-}
-
 /// A room id, or an alias resolved (ours from the database, another server's over
 /// federation), with the servers that can be asked about it.
 async fn resolve_room_and_servers(
@@ -303,7 +295,27 @@ pub async fn knock_room(
     State(api): State<ClientApi>,
     req: Authed<knock_room::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    let room_id = resolve_room(&api, &req.body.room_id_or_alias).await?;
+    let (room_id, mut servers) = resolve_room_and_servers(&api, &req.body.room_id_or_alias).await?;
+    // A room none of our users is in is knocked on through another server.
+    if let Some(fed) = &api.federation
+        && !api.rooms.has_local_members(&room_id).await?
+    {
+        servers.extend(req.body.via.iter().map(ToString::to_string));
+        if let Some(server) = room_id.server_name() {
+            servers.push(server.to_string());
+        }
+        servers.dedup();
+        ganglion_federation::join::knock_remote(
+            &fed.client,
+            &fed.key,
+            &api.rooms,
+            &room_id,
+            req.user(),
+            &servers,
+        )
+        .await?;
+        return Ok(Json(json!({ "room_id": room_id })));
+    }
     let out = api
         .rooms
         .knock(&room_id, req.user(), req.body.reason.as_deref())
