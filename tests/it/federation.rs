@@ -15,7 +15,7 @@ fn repo_tests_dir() -> PathBuf {
 }
 
 /// A test CA with certificates for Ganglion and Synapse, shared by the run.
-fn test_ca() -> PathBuf {
+pub(crate) fn test_ca() -> PathBuf {
     let dir = std::env::temp_dir().join("ganglion-test-ca");
     let ok = Command::new(repo_tests_dir().join("federation/make-ca.sh"))
         .arg(&dir)
@@ -27,7 +27,7 @@ fn test_ca() -> PathBuf {
 }
 
 /// An HTTPS client trusting only the test CA.
-fn https(ca: &Path) -> reqwest::Client {
+pub(crate) fn https(ca: &Path) -> reqwest::Client {
     ganglion_federation::client::install_crypto_provider();
     let pem = std::fs::read(ca.join("ca.pem")).expect("ca.pem");
     let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("ca");
@@ -38,9 +38,9 @@ fn https(ca: &Path) -> reqwest::Client {
 }
 
 /// A Synapse federating on loopback, stopped when dropped.
-struct Synapse {
-    client: String,
-    server_name: String,
+pub(crate) struct Synapse {
+    pub(crate) client: String,
+    pub(crate) server_name: String,
     pid: u32,
     port: u16,
     dir: PathBuf,
@@ -48,7 +48,7 @@ struct Synapse {
 }
 
 impl Synapse {
-    fn start(ca: &Path) -> Synapse {
+    pub(crate) fn start(ca: &Path) -> Synapse {
         let port = ganglion_tests::server::free_port();
         let dir = std::env::temp_dir().join(format!("ganglion-synapse-{port}"));
         Self::start_at(port, dir, ca)
@@ -111,7 +111,7 @@ impl Synapse {
         )
     }
 
-    async fn user(&self, name: &str) -> Client {
+    pub(crate) async fn user(&self, name: &str) -> Client {
         Client::new(&self.client)
             .register(&format!("{name}{}", rand::random::<u32>()), "password-123")
             .await
@@ -1935,8 +1935,109 @@ async fn knocks_cross_both_ways() {
     srv.cleanup().await;
 }
 
+/// Restricted joins both ways: a Synapse user who is in the allowed room joins our
+/// restricted room (we vouch with `join_authorised_via_users_server` and countersign),
+/// a Synapse user who is not is refused; a Ganglion user joins Synapse's restricted
+/// room through its allowed room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_joins_cross_both_ways() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let alice = srv.user("alice").await;
+    let bob = synapse.user("bob").await;
+    let eve = synapse.user("eve").await;
+    let restricted = |allowed: &str| {
+        json!({ "preset": "private_chat", "initial_state": [{
+            "type": "m.room.join_rules", "state_key": "",
+            "content": { "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": allowed }] }
+        }] })
+    };
+
+    let local = format!("door{}", rand::random::<u32>());
+    let lobby = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let inner = alice.create_room(restricted(&lobby)).await;
+    let via = format!("?via={}", enc(&name));
+    let refused = eve
+        .post(
+            &format!("/_matrix/client/v3/join/{}{via}", enc(&inner)),
+            json!({}),
+        )
+        .await;
+    assert_ne!(
+        refused.status, 200,
+        "eve is in no allowed room: {}",
+        refused.body
+    );
+    let in_lobby = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(in_lobby.status, 200, "{}", in_lobby.body);
+    let joined = bob
+        .post(
+            &format!("/_matrix/client/v3/join/{}{via}", enc(&inner)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        joined.status, 200,
+        "Synapse's restricted join: {}",
+        joined.body
+    );
+    let member = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(&inner),
+            enc(&bob.user_id)
+        ))
+        .await
+        .ok();
+    assert_eq!(member["membership"], "join");
+    assert_eq!(
+        member["join_authorised_via_users_server"],
+        alice.user_id.as_str()
+    );
+
+    let local = format!("hall{}", rand::random::<u32>());
+    let hall = bob
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let theirs = bob.create_room(restricted(&hall)).await;
+    let in_hall = alice
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{}", synapse.server_name))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(in_hall.status, 200, "{}", in_hall.body);
+    let joined = alice
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&theirs),
+                enc(&synapse.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "our restricted join: {}", joined.body);
+    exchange(&alice, &bob, &inner, 2).await;
+    srv.cleanup().await;
+}
+
 /// A GET signed as `origin` with `key`, to `dest`'s federation listener.
-async fn signed_get(
+pub(crate) async fn signed_get(
     http: &reqwest::Client,
     key: &ganglion_rooms::ServerKey,
     origin: &str,

@@ -211,6 +211,11 @@ impl FederationClient {
         &self.inner.origin
     }
 
+    /// Our signing key.
+    pub fn key(&self) -> &ServerKey {
+        &self.inner.key
+    }
+
     /// `https://host:port` for a destination (see the module docs).
     pub async fn base_url(&self, destination: &str) -> Result<String, FedError> {
         let (host, port) = split_server_name(destination)

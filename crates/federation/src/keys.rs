@@ -114,6 +114,10 @@ impl KeyRing {
 
     /// The public key (unpadded base64) of `server`'s `key_id`, valid at `at_ms`.
     pub async fn key(&self, server: &str, key_id: &str, at_ms: i64) -> Result<String, FedError> {
+        // Our own current key needs no fetching (a signature we just made).
+        if server == self.client.origin() && key_id == self.client.key().key_id {
+            return Ok(self.client.key().public_base64.clone());
+        }
         let id = (server.to_owned(), key_id.to_owned());
         if let Some(k) = self.cached(&id, at_ms) {
             return Ok(k);

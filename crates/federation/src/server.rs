@@ -377,6 +377,7 @@ async fn send_join(
     req: axum::extract::Request,
 ) -> Result<Json<Value>, ApiError> {
     let (origin, content) = signed_body(&api, req).await?;
+    let content = countersigned_if_vouched(&api, &room_id, content).await?;
     let (room_id, computed, obj) =
         member_event_of(&api, &origin, &room_id, &event_id, content).await?;
     let joined = api
@@ -420,6 +421,45 @@ async fn send_join(
         "members_omitted": false,
         "servers_in_room": servers,
     })))
+}
+
+/// A restricted join one of our users vouches for (`join_authorised_via_users_server`)
+/// needs our signature: added here, after checking that signing changes nothing but
+/// the signatures (a wrong content hash would otherwise be replaced by a right one).
+async fn countersigned_if_vouched(
+    api: &FederationApi,
+    room_id: &str,
+    content: ruma::CanonicalJsonValue,
+) -> Result<ruma::CanonicalJsonValue, Error> {
+    let ruma::CanonicalJsonValue::Object(mut obj) = content else {
+        return Ok(content);
+    };
+    let vouched_by_us = match obj.get("content") {
+        Some(ruma::CanonicalJsonValue::Object(c)) => {
+            match c.get("join_authorised_via_users_server") {
+                Some(ruma::CanonicalJsonValue::String(u)) => ruma::UserId::parse(u.as_str())
+                    .is_ok_and(|u| u.server_name().as_str() == api.server_name),
+                _ => false,
+            }
+        }
+        _ => false,
+    };
+    if !vouched_by_us {
+        return Ok(ruma::CanonicalJsonValue::Object(obj));
+    }
+    let (_, rules) = api.rooms.room_version(room_id).await?;
+    let hashes = obj.get("hashes").cloned();
+    ruma::signatures::hash_and_sign_event(
+        &api.server_name,
+        &api.key.pair,
+        &mut obj,
+        &rules.redaction,
+    )
+    .map_err(|e| Error::bad_json(format!("cannot countersign the join: {e}")))?;
+    if obj.get("hashes") != hashes.as_ref() {
+        return Err(Error::bad_json("the join's content hash does not match"));
+    }
+    Ok(ruma::CanonicalJsonValue::Object(obj))
 }
 
 /// The signed member event of a `send_join` or `send_leave`, checked: the room's ACL

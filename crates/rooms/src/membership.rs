@@ -97,7 +97,7 @@ impl Rooms {
 
     /// For a restricted room the user is not invited to: a joined local member with
     /// invite power, if the user is in one of the allowed rooms.
-    async fn restricted_join_authoriser(
+    pub(crate) async fn restricted_join_authoriser(
         &self,
         room_id: &RoomId,
         user: &UserId,

@@ -73,13 +73,26 @@ impl Rooms {
             .map(|(m, _)| m);
         let allowed = join_rule.as_deref() == Some("public")
             || matches!(membership.as_deref(), Some("invite" | "join"));
+        let mut content = join_content();
         if !allowed {
-            return Err(Error::forbidden(
-                "you are not invited to this room and it is not public",
-            ));
+            // A restricted room: one of our members with invite power vouches for a user
+            // joined to an allowed room (the join then needs our signature too).
+            let restricted = matches!(
+                join_rule.as_deref(),
+                Some("restricted" | "knock_restricted")
+            ) && rules.authorization.restricted_join_rule;
+            if !restricted {
+                return Err(Error::forbidden(
+                    "you are not invited to this room and it is not public",
+                ));
+            }
+            let Some(via) = self.restricted_join_authoriser(room_id, user_id).await? else {
+                return Err(Error::forbidden("you are not allowed to join this room"));
+            };
+            content["join_authorised_via_users_server"] = json!(via);
         }
         let event = self
-            .member_template(room_id, user_id, join_content(), &rules)
+            .member_template(room_id, user_id, content, &rules)
             .await?;
         Ok((version, event))
     }
