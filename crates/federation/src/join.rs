@@ -3,9 +3,10 @@
 //! event of the answer (reference-hash ids, signatures, content hashes) and store the
 //! room.
 //!
-//! Not built yet: checking the returned state against the auth rules (the resident
-//! server's signatures and the events' own are checked, not their authorisation),
-//! restricted joins, partial state (`omit_members`), and rejoining a room we know.
+//! Leaves (rejecting an invite to a room we do not have) and knocks go through the same
+//! handshake.
+//!
+//! Not built yet: partial state (`omit_members`).
 
 use ganglion_core::{Error, ErrorKind, time::now_ms};
 use ganglion_rooms::{Rooms, ServerKey};
@@ -20,7 +21,114 @@ use crate::{client::FederationClient, keys::KeyRing, pdu};
 /// The room versions we can join (1 has no state resolution in ruma).
 const VERSIONS: [&str; 11] = ["2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
-/// Joins `user` (ours) to `room_id` through the first of `via` that answers.
+/// Which membership handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Join,
+    Leave,
+    Knock,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Join => "join",
+            Kind::Leave => "leave",
+            Kind::Knock => "knock",
+        }
+    }
+
+    /// The API version of its `send_*` endpoint.
+    fn send_version(self) -> &'static str {
+        match self {
+            Kind::Knock => "v1",
+            Kind::Join | Kind::Leave => "v2",
+        }
+    }
+}
+
+/// Our event of a membership handshake, signed: its room version and rules, its id.
+struct Signed {
+    version: RoomVersionId,
+    rules: ruma::room_version_rules::RoomVersionRules,
+    event_id: OwnedEventId,
+    event: CanonicalJsonObject,
+}
+
+/// A membership handshake with a resident server (Server-Server API: joins, leaves,
+/// knocks): `make_{kind}` at the first of `via` (ours left out, at most 5) that answers,
+/// our signed event from its template, then `send_{kind}` and `finish` with the answer. A failure at one server moves on to the next.
+async fn handshake(
+    client: &FederationClient,
+    key: &ServerKey,
+    room_id: &RoomId,
+    user: &UserId,
+    via: &[String],
+    handshake: Kind,
+) -> Result<(Signed, Value), Error> {
+    let (kind, send_version) = (handshake.name(), handshake.send_version());
+    // Joins and knocks say which room versions we support.
+    let query = if handshake == Kind::Leave {
+        String::new()
+    } else {
+        let vers: Vec<String> = VERSIONS.iter().map(|v| format!("ver={v}")).collect();
+        format!("?{}", vers.join("&"))
+    };
+    let mut last = Error::not_found(format!("no server to {kind} the room through"));
+    for server in via.iter().filter(|s| s.as_str() != client.origin()).take(5) {
+        let path = format!(
+            "/_matrix/federation/v1/make_{kind}/{}/{}{query}",
+            ganglion_http::percent_encode(room_id.as_str()),
+            ganglion_http::percent_encode(user.as_str())
+        );
+        let template = match client.get(server, &path).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%server, room = %room_id, error = %e, "make_{kind} failed");
+                last = e.into();
+                continue;
+            }
+        };
+        let outcome = async {
+            let (version, rules, event) = signed_template(client, key, &template)?;
+            let event_id = pdu::event_id_of(&event, &rules)?;
+            let path = format!(
+                "/_matrix/federation/{send_version}/send_{kind}/{}/{}",
+                ganglion_http::percent_encode(room_id.as_str()),
+                ganglion_http::percent_encode(event_id.as_str())
+            );
+            let body = serde_json::to_value(CanonicalJsonValue::Object(event.clone()))
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let answer = client
+                .request(reqwest::Method::PUT, server, &path, Some(&body))
+                .await
+                .map_err(Error::from)?;
+            let signed = Signed {
+                version,
+                rules,
+                event_id,
+                event,
+            };
+            Ok::<_, Error>((signed, answer))
+        }
+        .await;
+        match outcome {
+            Ok(done) => {
+                tracing::info!(room = %room_id, %server, "{kind} through another server");
+                return Ok(done);
+            }
+            Err(e) => {
+                tracing::warn!(%server, room = %room_id, error = %e.message, "send_{kind} failed");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Joins `user` (ours) to `room_id` through the first of `via` that answers: the
+/// answer's events are checked (ids, signatures, hashes; then the auth rules, by
+/// `bootstrap_remote_room`) and stored.
 pub async fn join_remote(
     client: &FederationClient,
     keys: &KeyRing,
@@ -30,59 +138,13 @@ pub async fn join_remote(
     user: &UserId,
     via: &[String],
 ) -> Result<OwnedRoomId, Error> {
-    let query: String = VERSIONS
-        .iter()
-        .map(|v| format!("ver={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut last = Error::not_found("no server to join the room through");
-    for server in via.iter().filter(|s| s.as_str() != client.origin()).take(5) {
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{query}",
-            ganglion_http::percent_encode(room_id.as_str()),
-            ganglion_http::percent_encode(user.as_str())
-        );
-        let template = match client.get(server, &path).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(%server, room = %room_id, error = %e, "make_join failed");
-                last = e.into();
-                continue;
-            }
-        };
-        match join_via(client, keys, key, rooms, room_id, server, &template).await {
-            Ok(()) => return Ok(room_id.to_owned()),
-            Err(e) => {
-                tracing::warn!(%server, room = %room_id, error = %e.message, "send_join failed");
-                last = e;
-            }
-        }
-    }
-    Err(last)
-}
-
-async fn join_via(
-    client: &FederationClient,
-    keys: &KeyRing,
-    key: &ServerKey,
-    rooms: &Rooms,
-    room_id: &RoomId,
-    server: &str,
-    template: &Value,
-) -> Result<(), Error> {
-    let (version, rules, event) = signed_template(client, key, template)?;
-    let event_id = pdu::event_id_of(&event, &rules)?;
-    let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
-        ganglion_http::percent_encode(room_id.as_str()),
-        ganglion_http::percent_encode(event_id.as_str())
-    );
-    let body = serde_json::to_value(CanonicalJsonValue::Object(event.clone()))
-        .map_err(|e| Error::internal(e.to_string()))?;
-    let answer = client
-        .request(reqwest::Method::PUT, server, &path, Some(&body))
-        .await
-        .map_err(Error::from)?;
+    let (signed, answer) = handshake(client, key, room_id, user, via, Kind::Join).await?;
+    let Signed {
+        version,
+        rules,
+        event_id,
+        event,
+    } = signed;
     let auth_chain = checked(keys, &rules, &answer, "auth_chain").await?;
     let state = checked(keys, &rules, &answer, "state").await?;
     if state.is_empty() {
@@ -104,7 +166,53 @@ async fn join_via(
     rooms
         .bootstrap_remote_room(room_id, &version, auth_chain, state, (event_id, join))
         .await?;
-    tracing::info!(room = %room_id, %server, "joined a remote room");
+    Ok(room_id.to_owned())
+}
+
+/// Rejects an invite to a room we do not have (or leaves it) through the first of `via`
+/// that answers: make_leave, our signed leave, send_leave v2; then keeps the leave in
+/// the stub room, so the invite is gone for the user.
+pub async fn leave_remote(
+    client: &FederationClient,
+    key: &ServerKey,
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user: &UserId,
+    via: &[String],
+) -> Result<(), Error> {
+    let (signed, _) = handshake(client, key, room_id, user, via, Kind::Leave).await?;
+    rooms
+        .store_remote_leave(room_id, &signed.version, &signed.event_id, signed.event)
+        .await?;
+    Ok(())
+}
+
+/// Knocks on a room we do not have through the first of `via` that answers:
+/// make_knock (with the versions we support), our signed knock, send_knock; then keeps
+/// the knock, with the stripped state the server returned, in a stub room.
+pub async fn knock_remote(
+    client: &FederationClient,
+    key: &ServerKey,
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user: &UserId,
+    via: &[String],
+) -> Result<(), Error> {
+    let (signed, answer) = handshake(client, key, room_id, user, via, Kind::Knock).await?;
+    let stripped = answer
+        .get("knock_room_state")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    rooms
+        .store_remote_knock(
+            room_id,
+            &signed.version,
+            &signed.event_id,
+            signed.event,
+            stripped,
+        )
+        .await?;
     Ok(())
 }
 
@@ -136,132 +244,6 @@ async fn checked(
         }
     }
     Ok(out)
-}
-
-/// Rejects an invite to a room we do not have (or leaves it) through the first of `via`
-/// that answers: make_leave, our signed leave, send_leave v2; then keeps the leave in
-/// the stub room, so the invite is gone for the user.
-pub async fn leave_remote(
-    client: &FederationClient,
-    key: &ServerKey,
-    rooms: &Rooms,
-    room_id: &RoomId,
-    user: &UserId,
-    via: &[String],
-) -> Result<(), Error> {
-    let mut last = Error::not_found("no server to leave the room through");
-    for server in via.iter().filter(|s| s.as_str() != client.origin()).take(5) {
-        let path = format!(
-            "/_matrix/federation/v1/make_leave/{}/{}",
-            ganglion_http::percent_encode(room_id.as_str()),
-            ganglion_http::percent_encode(user.as_str())
-        );
-        let template = match client.get(server, &path).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(%server, room = %room_id, error = %e, "make_leave failed");
-                last = e.into();
-                continue;
-            }
-        };
-        let (version, rules, event) = match signed_template(client, key, &template) {
-            Ok(t) => t,
-            Err(e) => {
-                last = e;
-                continue;
-            }
-        };
-        let event_id = pdu::event_id_of(&event, &rules)?;
-        let path = format!(
-            "/_matrix/federation/v2/send_leave/{}/{}",
-            ganglion_http::percent_encode(room_id.as_str()),
-            ganglion_http::percent_encode(event_id.as_str())
-        );
-        let body = serde_json::to_value(CanonicalJsonValue::Object(event.clone()))
-            .map_err(|e| Error::internal(e.to_string()))?;
-        match client
-            .request(reqwest::Method::PUT, server, &path, Some(&body))
-            .await
-        {
-            Ok(_) => {
-                rooms
-                    .store_remote_leave(room_id, &version, &event_id, event)
-                    .await?;
-                tracing::info!(room = %room_id, %server, "left a remote room");
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(%server, room = %room_id, error = %e, "send_leave failed");
-                last = e.into();
-            }
-        }
-    }
-    Err(last)
-}
-
-/// Knocks on a room we do not have through the first of `via` that answers:
-/// make_knock (with the versions we support), our signed knock, send_knock; then keeps
-/// the knock, with the stripped state the server returned, in a stub room.
-pub async fn knock_remote(
-    client: &FederationClient,
-    key: &ServerKey,
-    rooms: &Rooms,
-    room_id: &RoomId,
-    user: &UserId,
-    via: &[String],
-) -> Result<(), Error> {
-    let query: String = VERSIONS
-        .iter()
-        .map(|v| format!("ver={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut last = Error::not_found("no server to knock through");
-    for server in via.iter().filter(|s| s.as_str() != client.origin()).take(5) {
-        let path = format!(
-            "/_matrix/federation/v1/make_knock/{}/{}?{query}",
-            ganglion_http::percent_encode(room_id.as_str()),
-            ganglion_http::percent_encode(user.as_str())
-        );
-        let template = match client.get(server, &path).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(%server, room = %room_id, error = %e, "make_knock failed");
-                last = e.into();
-                continue;
-            }
-        };
-        let (version, rules, event) = signed_template(client, key, &template)?;
-        let event_id = pdu::event_id_of(&event, &rules)?;
-        let path = format!(
-            "/_matrix/federation/v1/send_knock/{}/{}",
-            ganglion_http::percent_encode(room_id.as_str()),
-            ganglion_http::percent_encode(event_id.as_str())
-        );
-        let body = serde_json::to_value(CanonicalJsonValue::Object(event.clone()))
-            .map_err(|e| Error::internal(e.to_string()))?;
-        match client
-            .request(reqwest::Method::PUT, server, &path, Some(&body))
-            .await
-        {
-            Ok(answer) => {
-                let stripped = answer
-                    .get("knock_room_state")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                rooms
-                    .store_remote_knock(room_id, &version, &event_id, event, stripped)
-                    .await?;
-                tracing::info!(room = %room_id, %server, "knocked on a remote room");
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(%server, room = %room_id, error = %e, "send_knock failed");
-                last = e.into();
-            }
-        }
-    }
-    Err(last)
 }
 
 /// A make_join or make_leave template filled in and signed: its room version, the

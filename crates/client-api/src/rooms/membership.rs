@@ -96,15 +96,8 @@ async fn join_anywhere(
         // The inviter's server can let us in.
         if let Some((m, event_id)) = membership
             && m == "invite"
-            && let Some(ev) = api
-                .rooms
-                .store()
-                .select_event(&event_id)
-                .await
-                .map_err(storage_error)?
-            && let Ok(inviter) = ruma::UserId::parse(&ev.sender)
         {
-            via.push(inviter.server_name().to_string());
+            via.extend(servers_of_invite(api, room_id, &event_id).await?);
         }
     }
     if let Some(server) = room_id.server_name() {
@@ -121,6 +114,31 @@ async fn join_anywhere(
         &via,
     )
     .await?)
+}
+
+/// The servers that can answer for an invite to a room we do not have: the inviter's,
+/// then the room id's own (room versions whose ids name one).
+async fn servers_of_invite(
+    api: &ClientApi,
+    room_id: &ruma::RoomId,
+    invite_event_id: &str,
+) -> ApiResult<Vec<String>> {
+    let mut via = Vec::new();
+    if let Some(ev) = api
+        .rooms
+        .store()
+        .select_event(invite_event_id)
+        .await
+        .map_err(storage_error)?
+        && let Ok(inviter) = ruma::UserId::parse(&ev.sender)
+    {
+        via.push(inviter.server_name().to_string());
+    }
+    if let Some(server) = room_id.server_name() {
+        via.push(server.to_string());
+    }
+    via.dedup();
+    Ok(via)
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`.
@@ -199,21 +217,7 @@ pub async fn leave_room(
         && m == "invite"
         && !api.rooms.has_local_members(room_id).await?
     {
-        let mut via = Vec::new();
-        if let Some(ev) = api
-            .rooms
-            .store()
-            .select_event(&event_id)
-            .await
-            .map_err(storage_error)?
-            && let Ok(inviter) = ruma::UserId::parse(&ev.sender)
-        {
-            via.push(inviter.server_name().to_string());
-        }
-        if let Some(server) = room_id.server_name() {
-            via.push(server.to_string());
-        }
-        via.dedup();
+        let via = servers_of_invite(&api, room_id, &event_id).await?;
         ganglion_federation::join::leave_remote(
             &fed.client,
             &fed.key,
