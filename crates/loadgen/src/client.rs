@@ -45,6 +45,31 @@ pub fn enc(s: &str) -> String {
     out
 }
 
+/// Decodes `%XX` escapes (the inverse of [`enc`]); malformed escapes are kept as they are.
+pub fn dec(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// One HTTP connection pool to one homeserver. Cheap to clone.
 #[derive(Clone)]
 pub struct Http {
@@ -220,6 +245,60 @@ impl Http {
         str_field(&value, "room_id")
     }
 
+    /// `POST /createRoom` with a body of the caller's; returns the room id.
+    pub async fn create_room_with(&self, s: &Session, body: &Value) -> Result<String> {
+        let value = self
+            .call(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&s.access_token),
+                Some(body),
+                None,
+            )
+            .await?;
+        str_field(&value, "room_id")
+    }
+
+    /// `GET /rooms/{roomId}/event/{eventId}`: only the status (200 once the event is in the
+    /// room for this user, 404 before).
+    pub async fn room_event_status(
+        &self,
+        s: &Session,
+        room_id: &str,
+        event_id: &str,
+    ) -> Result<StatusCode> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(room_id),
+            enc(event_id)
+        );
+        let (status, _) = self
+            .call_raw(Method::GET, &path, Some(&s.access_token), None, None)
+            .await?;
+        Ok(status)
+    }
+
+    /// `GET /rooms/{roomId}/messages?dir=b`: one page back from `from` (the newest event
+    /// when `None`).
+    pub async fn messages_back(
+        &self,
+        s: &Session,
+        room_id: &str,
+        from: Option<&str>,
+        limit: usize,
+    ) -> Result<Value> {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
+            enc(room_id)
+        );
+        if let Some(from) = from {
+            path.push_str("&from=");
+            path.push_str(&enc(from));
+        }
+        self.call(Method::GET, &path, Some(&s.access_token), None, None)
+            .await
+    }
+
     /// `POST /join/{roomIdOrAlias}`.
     pub async fn join(&self, s: &Session, room_id: &str) -> Result<()> {
         let path = format!("/_matrix/client/v3/join/{}", enc(room_id));
@@ -313,4 +392,17 @@ pub fn str_field(value: &Value, field: &str) -> Result<String> {
         .and_then(Value::as_str)
         .map(str::to_owned)
         .ok_or_else(|| format!("response has no string field `{field}`: {value}").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enc_dec_round_trip() {
+        let s = "!room:localhost:8448/$ev+x y%";
+        assert_eq!(dec(&enc(s)), s);
+        assert_eq!(dec("%4"), "%4");
+        assert_eq!(dec("%zz%40"), "%zz@");
+    }
 }

@@ -7,11 +7,17 @@
 //! (and optionally appended to a file) with human-readable progress on stderr.
 //! `bench/run` drives it against both servers; docs/benchmarks.md explains the figures.
 //!
+//! The federation scenarios ([`fed`], `bench/federation`) also play remote homeservers:
+//! fake servers with their own keys and TLS listeners that speak the Server-Server API to
+//! the target (signed requests and PDUs, made with ruma's signing code).
+//!
 //! Depends on no Ganglion crate, and must not: it sees a server only through the public
-//! client-server API, exactly as it sees Synapse, so that the comparison is fair.
+//! client-server and server-server APIs, exactly as it sees Synapse, so that the comparison
+//! is fair (and a change inside Ganglion's federation code cannot change the instrument).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod client;
+mod fed;
 mod procstat;
 mod report;
 mod scenarios;
@@ -73,6 +79,12 @@ enum Command {
     InitialSync(InitialSyncArgs),
     /// Every scenario in turn, as the acceptance benchmark defines it.
     All(AllArgs),
+    /// Federation, inbound: a fake remote server sends transactions of 50 PDUs into one room.
+    FedInbound(fed::FedInboundArgs),
+    /// Federation, outbound: one room's messages fanned out to 20 fake remote servers.
+    FedFanout(fed::FedFanoutArgs),
+    /// Both federation scenarios, as bench/federation runs them.
+    Fed(fed::FedAllArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -256,6 +268,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Fanout(a) => scenarios::fanout::run(&ctx, &a).await,
         Command::InitialSync(a) => scenarios::initial_sync::run(&ctx, &a).await,
         Command::All(a) => run_all(&ctx, &a).await,
+        Command::FedInbound(a) => fed::inbound::run(&ctx, &a).await,
+        Command::FedFanout(a) => fed::fanout::run(&ctx, &a).await,
+        Command::Fed(a) => fed::run_all(&ctx, &a).await,
     }
 }
 
