@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod devices;
 pub mod events;
 mod migrate;
+pub mod openid;
 pub mod receipts;
 pub mod rooms;
 pub mod server_keys;

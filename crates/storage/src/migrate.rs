@@ -42,6 +42,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../../migrations/postgres/0005_backfill.sql"),
         include_str!("../../../migrations/sqlite/0005_backfill.sql"),
     ),
+    (
+        6,
+        "openid_tokens",
+        include_str!("../../../migrations/postgres/0006_openid_tokens.sql"),
+        include_str!("../../../migrations/sqlite/0006_openid_tokens.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.

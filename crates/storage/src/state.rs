@@ -86,6 +86,21 @@ impl Store {
             .collect())
     }
 
+    /// The room's current state events of one type: (state key, event id).
+    pub async fn select_current_state_of_type(
+        &self,
+        room_id: &str,
+        kind: &str,
+    ) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT state_key, event_id FROM current_state WHERE room_id = $1 AND type = $2",
+        )
+        .bind(room_id)
+        .bind(kind)
+        .fetch_all(self.reader())
+        .await?)
+    }
+
     /// Some keys of the room's current state: (type, state_key) → event id.
     pub async fn select_current_state_keys(
         &self,

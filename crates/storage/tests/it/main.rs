@@ -64,7 +64,7 @@ impl Fixture {
         let store = Store::connect(&url, 4, Duration::from_secs(10))
             .await
             .unwrap();
-        assert_eq!(store.migrate().await.unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(store.migrate().await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
         assert!(
             store.migrate().await.unwrap().is_empty(),
             "migrations are idempotent"
@@ -384,6 +384,91 @@ async fn account_data_receipts_filters_aliases(s: &Store) {
     assert!(!s.delete_alias("#a:x").await.unwrap());
 }
 both!(account_data_receipts_filters_aliases);
+
+async fn openid_tokens_expire(s: &Store) {
+    s.insert_user("@o:x", None, false).await.unwrap();
+    s.insert_openid_token("old", "@o:x", 100, 50).await.unwrap();
+    s.insert_openid_token("new", "@o:x", 10_000, 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.select_openid_token_owner("new", 200)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("@o:x")
+    );
+    assert!(
+        s.select_openid_token_owner("old", 200)
+            .await
+            .unwrap()
+            .is_none(),
+        "expired"
+    );
+    assert!(
+        s.select_openid_token_owner("nope", 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Issuing another drops the expired ones.
+    s.insert_openid_token("newer", "@o:x", 20_000, 5_000)
+        .await
+        .unwrap();
+    assert!(
+        s.select_openid_token_owner("old", 0)
+            .await
+            .unwrap()
+            .is_none(),
+        "deleted"
+    );
+    assert!(matches!(
+        s.insert_openid_token("newer", "@o:x", 20_000, 5_000).await,
+        Err(ganglion_storage::Error::Conflict(_))
+    ));
+    s.deactivate_user("@o:x").await.unwrap();
+    assert!(
+        s.select_openid_token_owner("new", 200)
+            .await
+            .unwrap()
+            .is_none(),
+        "a deactivated user's tokens stop working"
+    );
+}
+both!(openid_tokens_expire);
+
+async fn current_state_of_one_type(s: &Store) {
+    let create = event("$c", "!sp:x", "m.room.create", Some(""), &[]);
+    let mut a = event("$a", "!sp:x", "m.space.child", Some("!a:x"), &["$c"]);
+    let mut b = event("$b", "!sp:x", "m.space.child", Some("!b:x"), &["$a"]);
+    let mut other = event("$o", "!sp:x", "m.room.name", Some(""), &["$b"]);
+    let first = s.persist_events(&[create], 1, 1).await.unwrap();
+    a.prev_state_group = first[0].state_group;
+    let second = s.persist_events(&[a], 2, 2).await.unwrap();
+    b.prev_state_group = second[0].state_group;
+    let third = s.persist_events(&[b], 3, 3).await.unwrap();
+    other.prev_state_group = third[0].state_group;
+    s.persist_events(&[other], 4, 4).await.unwrap();
+    let mut children = s
+        .select_current_state_of_type("!sp:x", "m.space.child")
+        .await
+        .unwrap();
+    children.sort();
+    assert_eq!(
+        children,
+        vec![
+            ("!a:x".to_owned(), "$a".to_owned()),
+            ("!b:x".to_owned(), "$b".to_owned())
+        ]
+    );
+    assert!(
+        s.select_current_state_of_type("!other:x", "m.space.child")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+both!(current_state_of_one_type);
 
 /// Both migration sets carry the same numbers and yield the same tables and columns.
 #[tokio::test]
