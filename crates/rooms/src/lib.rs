@@ -7,6 +7,7 @@
 pub mod backfill;
 pub mod builder;
 mod create_room;
+pub mod directory;
 pub mod format;
 mod head;
 pub mod keys;
@@ -15,6 +16,7 @@ pub mod persister;
 pub mod reads;
 pub mod remote_join;
 mod send;
+pub mod spaces;
 pub mod streams;
 pub mod typing;
 mod upgrade;
