@@ -1437,7 +1437,7 @@ async fn power_levels_kicks_and_bans_cross() {
 }
 
 /// Polls `check` every 200 ms for up to 30 s.
-async fn wait_until<F, Fut>(check: F)
+pub(crate) async fn wait_until<F, Fut>(check: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,

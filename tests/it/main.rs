@@ -10,6 +10,7 @@ mod crash;
 mod discovery;
 mod features;
 mod federation;
+mod federation_reads;
 mod operations;
 mod rooms;
 mod split;

@@ -8,6 +8,7 @@
 pub mod account_data;
 pub mod discovery;
 pub mod filter;
+pub mod openid;
 pub mod profile;
 pub mod rooms;
 pub mod services;
@@ -67,6 +68,7 @@ pub fn router(api: ClientApi) -> Router {
     let r = profile::routes(r);
     let r = account_data::routes(r);
     let r = filter::routes(r);
+    let r = openid::routes(r);
     let r = rooms::routes(r);
     r.with_state(api)
 }

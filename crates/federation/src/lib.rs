@@ -6,6 +6,9 @@
 //! - [`keys`]: our published key document and the key ring for remote keys;
 //! - [`server`]: the inbound endpoints built so far (keys, version, profile and
 //!   directory queries);
+//! - [`directory`], [`spaces`], [`timestamp`], [`openid`]: the inbound public room
+//!   directory (and the outbound read of another server's), `/hierarchy`,
+//!   `/timestamp_to_event` and `/openid/userinfo`;
 //! - [`listener`]: the TLS listener.
 //!
 //! Not built yet (they answer 404 `M_UNRECOGNIZED`): transactions, joins, invites,
@@ -13,14 +16,19 @@
 
 pub mod acl;
 pub mod client;
+pub mod directory;
 pub mod history;
 pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod listener;
+pub mod openid;
+mod params;
 pub mod pdu;
 pub mod sender;
 pub mod server;
+pub mod spaces;
+pub mod timestamp;
 pub mod xmatrix;
 
 pub use client::{FedError, FederationClient};

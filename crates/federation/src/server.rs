@@ -109,6 +109,10 @@ pub fn router(api: FederationApi) -> Router {
             "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
             get(event_auth),
         )
+        .merge(crate::directory::routes())
+        .merge(crate::spaces::routes())
+        .merge(crate::timestamp::routes())
+        .merge(crate::openid::routes())
         .with_state(api)
 }
 
@@ -593,7 +597,7 @@ async fn send_leave(
 
 /// Reads a JSON body (at most 1 MiB) and checks the request's X-Matrix signature over
 /// it: returns the origin and the body.
-async fn signed_body(
+pub(crate) async fn signed_body(
     api: &FederationApi,
     req: axum::extract::Request,
 ) -> Result<(String, ruma::CanonicalJsonValue), Error> {
@@ -1037,7 +1041,11 @@ async fn acl_check(api: &FederationApi, origin: &str, room_id: &str) -> Result<(
 
 /// Whether `origin` has a joined member in the room (only such servers may read it) and
 /// the room's server ACL allows it.
-async fn origin_in_room(api: &FederationApi, origin: &str, room_id: &str) -> Result<(), Error> {
+pub(crate) async fn origin_in_room(
+    api: &FederationApi,
+    origin: &str,
+    room_id: &str,
+) -> Result<(), Error> {
     acl_check(api, origin, room_id).await?;
     let members = api
         .store

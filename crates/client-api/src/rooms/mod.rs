@@ -1,5 +1,5 @@
-//! Rooms: creation, membership, sending, reading, aliases, the directory, typing and
-//! receipts.
+//! Rooms: creation, membership, sending, reading, aliases, the directory, spaces, typing
+//! and receipts.
 
 pub mod alias;
 pub mod create;
@@ -8,6 +8,7 @@ pub mod ephemeral;
 pub mod membership;
 pub mod read;
 pub mod send;
+pub mod spaces;
 
 use axum::Router;
 use ganglion_rooms::reads::EventFilter;
@@ -23,6 +24,7 @@ pub fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
     let r = read::routes(r);
     let r = alias::routes(r);
     let r = directory::routes(r);
+    let r = spaces::routes(r);
     ephemeral::routes(r)
 }
 

@@ -1,12 +1,17 @@
-//! Account data (global, per room, tags), filters and profiles.
+//! Account data (global, per room, tags), filters, profiles and OpenID tokens.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use ganglion_bus::Row;
 use ganglion_core::{Error, Result, StreamPos};
 use ganglion_rooms::{Rooms, storage_error, streams::StreamWriter};
 use ganglion_storage::Store;
 use serde_json::{Value, json};
+
+/// How long an OpenID token works (the spec's example and Synapse's default: an hour).
+const OPENID_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Random characters of an OpenID token (about 190 bits).
+const OPENID_TOKEN_CHARS: usize = 32;
 
 /// The user-data service.
 #[derive(Clone, Debug)]
@@ -24,6 +29,24 @@ impl UserData {
             rooms,
             account_data,
         }
+    }
+
+    /// Issues an OpenID token for `user`: (token, lifetime). Only
+    /// `/_matrix/federation/v1/openid/userinfo` accepts it.
+    pub async fn issue_openid_token(&self, user: &ruma::UserId) -> Result<(String, Duration)> {
+        use rand::{Rng, distr::Alphanumeric};
+        let token: String = rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(OPENID_TOKEN_CHARS)
+            .map(char::from)
+            .collect();
+        let now = ganglion_core::time::now_ms();
+        let lifetime_ms = i64::try_from(OPENID_TOKEN_LIFETIME.as_millis()).unwrap_or(i64::MAX);
+        self.store
+            .insert_openid_token(&token, user.as_str(), now.saturating_add(lifetime_ms), now)
+            .await
+            .map_err(storage_error)?;
+        Ok((token, OPENID_TOKEN_LIFETIME))
     }
 
     /// Sets an account data entry (`room_id` empty for global).

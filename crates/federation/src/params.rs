@@ -1,0 +1,59 @@
+//! Query strings of inbound federation requests, parsed into typed parameters with the
+//! spec's errors: 400 `M_MISSING_PARAM` for a missing required one, 400
+//! `M_INVALID_PARAM` for one that does not parse (axum's own rejection is plain text).
+
+use axum::{extract::Query, http::Uri};
+use ganglion_core::Error;
+use serde::de::DeserializeOwned;
+
+/// The request's query parameters as `T`.
+pub(crate) fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Error> {
+    Query::<T>::try_from_uri(uri).map(|q| q.0).map_err(|e| {
+        let text = e.body_text();
+        if text.contains("missing field") {
+            Error::missing_param(text)
+        } else {
+            Error::invalid_param(text)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use ganglion_core::ErrorKind;
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct P {
+        ts: i64,
+        #[serde(default)]
+        flag: bool,
+    }
+
+    fn parse(q: &str) -> Result<P, Error> {
+        let uri: Uri = format!("/x?{q}").parse().unwrap_or_else(|e| panic!("{e}"));
+        query(&uri)
+    }
+
+    #[test]
+    fn errors_are_the_specs() {
+        assert_eq!(
+            parse("ts=5&flag=true").map(|p| (p.ts, p.flag)).ok(),
+            Some((5, true))
+        );
+        assert_eq!(
+            parse("flag=true").map_err(|e| e.kind).err(),
+            Some(ErrorKind::MissingParam)
+        );
+        assert_eq!(
+            parse("ts=x").map_err(|e| e.kind).err(),
+            Some(ErrorKind::InvalidParam)
+        );
+        assert_eq!(
+            parse("ts=1&flag=yes").map_err(|e| e.kind).err(),
+            Some(ErrorKind::InvalidParam)
+        );
+    }
+}
