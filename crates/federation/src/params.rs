@@ -2,7 +2,10 @@
 //! spec's errors: 400 `M_MISSING_PARAM` for a missing required one, 400
 //! `M_INVALID_PARAM` for one that does not parse (axum's own rejection is plain text).
 
-use axum::{extract::Query, http::Uri};
+use axum::{
+    extract::{Path, Query, rejection::PathRejection},
+    http::Uri,
+};
 use ganglion_core::Error;
 use serde::de::DeserializeOwned;
 
@@ -16,6 +19,12 @@ pub(crate) fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Error> {
             Error::invalid_param(text)
         }
     })
+}
+
+/// A path parameter, or 400 `M_INVALID_PARAM` (say, for bytes that are not UTF-8).
+pub(crate) fn path(p: Result<Path<String>, PathRejection>) -> Result<String, Error> {
+    p.map(|Path(v)| v)
+        .map_err(|e| Error::invalid_param(e.body_text()))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, State, rejection::PathRejection},
     http::Uri,
     routing::get,
 };
@@ -40,10 +40,11 @@ struct HierarchyParams {
 async fn get_hierarchy(
     State(api): State<FederationApi>,
     Origin(origin): Origin,
-    Path(room_id): Path<String>,
+    room_id: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
-    let room = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("not a room id"))?;
+    let room = ruma::RoomId::parse(params::path(room_id)?)
+        .map_err(|_| Error::invalid_param("not a room id"))?;
     let p: HierarchyParams = params::query(&uri)?;
     let out = api
         .rooms

@@ -4,7 +4,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, State, rejection::PathRejection},
     http::Uri,
     routing::get,
 };
@@ -47,10 +47,11 @@ struct TsParams {
 async fn timestamp_to_event(
     State(api): State<FederationApi>,
     Origin(origin): Origin,
-    Path(room_id): Path<String>,
+    room_id: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
-    let room = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("not a room id"))?;
+    let room = ruma::RoomId::parse(params::path(room_id)?)
+        .map_err(|_| Error::invalid_param("not a room id"))?;
     let p: TsParams = params::query(&uri)?;
     crate::server::origin_in_room(&api, &origin, room.as_str()).await?;
     let forwards = matches!(p.dir, Dir::Forward);

@@ -147,6 +147,14 @@ async fn federation_reads_check_who_asks_and_what() {
             "M_INVALID_PARAM",
         ),
         (
+            "/_matrix/federation/v1/hierarchy/%FF".to_owned(),
+            "M_INVALID_PARAM",
+        ),
+        (
+            "/_matrix/federation/v1/timestamp_to_event/%FF?ts=0&dir=f".to_owned(),
+            "M_INVALID_PARAM",
+        ),
+        (
             format!(
                 "/_matrix/federation/v1/hierarchy/{}?suggested_only=maybe",
                 enc(&space)
