@@ -12,3 +12,9 @@ CREATE TABLE backfill_frontier (
 -- auth chain a send_join returned). They count for state and auth but stay out of the
 -- timeline until backfill reaches them and gives them a position in the history.
 ALTER TABLE events ADD COLUMN outlier INTEGER NOT NULL DEFAULT 0;
+
+-- The room's state group after an event, where it differs from the event's own: an
+-- event on a fork has the state of its branch (state_group), while the room's state
+-- after it is the resolution of every branch (room_group). Reads of the room's state
+-- at a position use room_group, falling back to state_group.
+ALTER TABLE events ADD COLUMN room_group BIGINT;

@@ -2036,6 +2036,113 @@ async fn restricted_joins_cross_both_ways() {
     srv.cleanup().await;
 }
 
+/// State resolution of a fork: Ganglion is down while a Synapse user sets the topic;
+/// once it is back, a Ganglion user sets it too before Synapse's change arrives. Both
+/// changes follow the same event, so each server must resolve the two branches, and the
+/// algorithm (v2.1 for room version 12: same power level, so the later one wins) must
+/// give both servers the same topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_topic_resolves_the_same_on_both_servers() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (mut srv, name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let alice = srv.user("alice").await;
+    let local = format!("fork{}", rand::random::<u32>());
+    let room = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "room_alias_name": local,
+            "power_level_content_override": { "state_default": 0 },
+        }))
+        .await;
+    let bob = synapse.user("bob").await;
+    let joined = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{name}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    exchange(&alice, &bob, &room, 1).await;
+
+    srv.stop();
+    let topic_path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+        enc(&room)
+    );
+    bob.put(&topic_path, json!({ "topic": "bob's" })).await.ok();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    srv.spawn().await;
+    alice
+        .put(&topic_path, json!({ "topic": "alice's" }))
+        .await
+        .ok();
+    // Both servers have both changes once each has the other's message.
+    alice.send_text(&room, "after the fork").await;
+    bob.send_text(&room, "me too").await;
+    wait_for_bodies(&bob, &room, &["after the fork".to_owned()], "bob").await;
+    wait_for_bodies(&alice, &room, &["me too".to_owned()], "alice").await;
+    let topic = |c: &Client| {
+        let c = c.clone();
+        let path = topic_path.clone();
+        async move { c.get(&path).await.body["topic"].clone() }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while topic(&alice).await != topic(&bob).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the servers disagree: Ganglion says {}, Synapse says {}",
+            topic(&alice).await,
+            topic(&bob).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        topic(&alice).await,
+        "alice's",
+        "the later change wins on both"
+    );
+    srv.cleanup().await;
+}
+
+/// Soft-fail: while Ganglion is down, a Synapse user sends a message; once Ganglion is
+/// back, its admin bans that user before the message arrives. The message is allowed
+/// by the state before it (the user was joined) but not by current state (banned):
+/// Ganglion keeps it out of its users' timelines (and its forward extremities), and
+/// the room goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_a_user_banned_meanwhile_is_soft_failed() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (mut srv, name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let (alice, bob, room) = bob_joins_alices_room(&srv, &name, &synapse).await;
+    exchange(&alice, &bob, &room, 1).await;
+
+    srv.stop();
+    bob.send_text(&room, "sent before the ban").await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    srv.spawn().await;
+    let banned = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(banned.status, 200, "{}", banned.body);
+    alice.send_text(&room, "after the ban").await;
+    wait_until(|| async { srv.log().contains("soft-failed") }).await;
+    let seen = bodies(&alice, &room).await;
+    assert!(seen.contains(&"after the ban".to_owned()), "{seen:?}");
+    assert!(
+        !seen.contains(&"sent before the ban".to_owned()),
+        "a soft-failed event reached a client"
+    );
+    srv.cleanup().await;
+}
+
 /// A GET signed as `origin` with `key`, to `dest`'s federation listener.
 pub(crate) async fn signed_get(
     http: &reqwest::Client,

@@ -15,6 +15,7 @@ mod membership;
 pub mod persister;
 pub mod reads;
 pub mod remote_join;
+mod resolve;
 mod send;
 pub mod spaces;
 pub mod streams;

@@ -158,7 +158,7 @@ impl Task {
         let mut replies = Vec::with_capacity(jobs.len());
         for (job, p) in jobs.into_iter().zip(done) {
             self.next_ordering = self.next_ordering.max(p.stream_ordering + 1);
-            if let Some(g) = p.state_group {
+            if let Some(g) = p.state_group.max(p.last_group) {
                 self.next_group = self.next_group.max(g + 1);
             }
             let ev = &job.event;

@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use ganglion_core::{Error, ErrorKind, Pdu, Result, StreamPos, time::now_ms};
-use ganglion_storage::events::NewEvent;
+use ganglion_storage::{events::NewEvent, state::StateEntries};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
@@ -417,11 +417,68 @@ impl Rooms {
             by_id.get(id).copied()
         })
         .map_err(|e| Error::forbidden(format!("auth check failed: {e}")))?;
-        let by_key = by_state_key(&state);
-        state_res::check_state_dependent_auth_rules(&head.rules.authorization, &pdu, |t, sk| {
-            by_key.get(&(t.clone(), sk.to_owned())).copied()
-        })
-        .map_err(|e| Error::forbidden(format!("auth check failed against current state: {e}")))?;
+        // The state before the event: current state when it follows every forward
+        // extremity; otherwise (a fork) the resolution of the states after its
+        // prev_events, against which it must pass, and current state only decides
+        // whether it is soft-failed.
+        let prevs: std::collections::BTreeSet<String> =
+            pdu.prev_events.iter().map(ToString::to_string).collect();
+        let extremities: std::collections::BTreeSet<String> =
+            head.extremities.iter().map(|(id, _)| id.clone()).collect();
+        let fork = if prevs == extremities {
+            None
+        } else {
+            self.state_after_events(&head.rules, &prevs).await?
+        };
+        let passes = |state: &HashMap<String, Arc<Pdu>>| {
+            let by_key = by_state_key(state);
+            state_res::check_state_dependent_auth_rules(&head.rules.authorization, &pdu, |t, sk| {
+                by_key.get(&(t.clone(), sk.to_owned())).copied()
+            })
+        };
+        let mut soft_failed = false;
+        let mut resolved_current = None;
+        match &fork {
+            None => passes(&state).map_err(|e| {
+                Error::forbidden(format!("auth check failed against current state: {e}"))
+            })?,
+            Some(before) => {
+                let ids: Vec<String> = before.values().cloned().collect();
+                let before_pdus = self.load_pdus(&ids).await?;
+                passes(&before_pdus).map_err(|e| {
+                    Error::forbidden(format!(
+                        "auth check failed against the state before it: {e}"
+                    ))
+                })?;
+                if let Err(e) = passes(&state) {
+                    tracing::warn!(room = %room_id, event = %pdu.event_id, error = %e, "soft-failed: it fails against current state");
+                    soft_failed = true;
+                } else {
+                    let mut after = before.clone();
+                    if let Some(sk) = &pdu.state_key {
+                        after.insert((pdu.kind.to_string(), sk.clone()), pdu.event_id.to_string());
+                    }
+                    let others = extremities.iter().any(|e| !prevs.contains(e));
+                    let now: StateEntries = current
+                        .iter()
+                        .map(|r| ((r.kind.clone(), r.state_key.clone()), r.event_id.clone()))
+                        .collect();
+                    let new = if others {
+                        self.resolve_states(&head.rules, &[now.clone(), after])
+                            .await?
+                    } else {
+                        after
+                    };
+                    let changed: Vec<&(String, String)> = new
+                        .iter()
+                        .filter(|(k, id)| now.get(*k) != Some(*id))
+                        .map(|(k, _)| k)
+                        .collect();
+                    tracing::info!(room = %room_id, event = %pdu.event_id, ?changed, "a fork: current state resolved");
+                    resolved_current = Some(self.current_entries(&new, &current, &pdu).await?);
+                }
+            }
+        }
 
         let kind = pdu.kind.to_string();
         let membership = membership_of(&pdu);
@@ -449,12 +506,91 @@ impl Rooms {
             redacts: pdu.redacts.as_ref().map(ToString::to_string),
             new_room: None,
             outlier: false,
+            state_before: fork,
+            resolved_current,
+            soft_failed,
         };
         let persisted = persister.persist(new_event).await;
         // The extremities may now be several: let the record say.
         self.drop_head(room_id.as_str());
         let persisted = persisted?;
         Ok((StreamPos(persisted.stream_ordering), state))
+    }
+
+    /// The state after a set of events (the state before an event citing them as
+    /// `prev_events`): one state group's, or the resolution of several. `None` when one
+    /// of them has no state group (backfilled history).
+    async fn state_after_events(
+        &self,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        events: &std::collections::BTreeSet<String>,
+    ) -> Result<Option<StateEntries>> {
+        let ids: Vec<String> = events.iter().cloned().collect();
+        let rows = self
+            .inner
+            .store
+            .select_events(&ids)
+            .await
+            .map_err(storage_error)?;
+        let mut groups: Vec<i64> = Vec::new();
+        for r in &rows {
+            let Some(g) = r.state_group else {
+                return Ok(None);
+            };
+            groups.push(g);
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        let mut states = Vec::with_capacity(groups.len());
+        for g in groups {
+            states.push(
+                self.inner
+                    .store
+                    .select_state_group(g)
+                    .await
+                    .map_err(storage_error)?,
+            );
+        }
+        match states.len() {
+            0 => Ok(None),
+            1 => Ok(states.pop()),
+            _ => Ok(Some(self.resolve_states(rules, &states).await?)),
+        }
+    }
+
+    /// A resolved state as current-state rows (with each member event's membership).
+    async fn current_entries(
+        &self,
+        state: &StateEntries,
+        current: &[ganglion_storage::state::CurrentStateRow],
+        incoming: &Pdu,
+    ) -> Result<Vec<ganglion_storage::events::CurrentEntry>> {
+        let known: HashMap<&str, Option<String>> = current
+            .iter()
+            .map(|r| (r.event_id.as_str(), r.membership.clone()))
+            .collect();
+        let unknown: Vec<String> = state
+            .values()
+            .filter(|id| !known.contains_key(id.as_str()) && *id != incoming.event_id.as_str())
+            .cloned()
+            .collect();
+        let loaded = self.load_pdus(&unknown).await?;
+        Ok(state
+            .iter()
+            .map(|((t, k), id)| ganglion_storage::events::CurrentEntry {
+                kind: t.clone(),
+                state_key: k.clone(),
+                event_id: id.clone(),
+                membership: if id == incoming.event_id.as_str() {
+                    membership_of(incoming)
+                } else {
+                    match known.get(id.as_str()) {
+                        Some(m) => m.clone(),
+                        None => loaded.get(id).and_then(|p| membership_of(p)),
+                    }
+                },
+            })
+            .collect())
     }
 
     /// Creates a room we joined through another server: stores the auth chain and the
@@ -582,6 +718,9 @@ impl Rooms {
                 new_room: new_room.take(),
                 // The state and auth chain are not history (yet): backfill places them.
                 outlier: !is_join,
+                state_before: None,
+                resolved_current: None,
+                soft_failed: false,
             };
             let persisted = match persister.persist(new_event).await {
                 Ok(p) => p,
@@ -775,6 +914,9 @@ impl Rooms {
                 creator: pdu.sender.to_string(),
             }),
             outlier: false,
+            state_before: None,
+            resolved_current: None,
+            soft_failed: false,
         };
         let persisted = persister.persist(new_event).await;
         self.drop_head(room_id.as_str());

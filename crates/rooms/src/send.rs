@@ -250,6 +250,9 @@ impl Rooms {
                 creator: req.sender.to_string(),
             }),
             outlier: false,
+            state_before: None,
+            resolved_current: None,
+            soft_failed: false,
         };
         let Some(persister) = &self.inner.persister else {
             return Err(Error::new(

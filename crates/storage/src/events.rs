@@ -111,6 +111,28 @@ pub struct NewEvent {
     pub new_room: Option<NewRoom>,
     /// Held for state and auth only, out of the timeline (see `backfill`).
     pub outlier: bool,
+    /// A fork: the state before this event (resolved from its `prev_events`), written
+    /// as a snapshot group this event builds on instead of `prev_state_group`.
+    pub state_before: Option<StateEntries>,
+    /// The room's current state after this event when other forks remain (state
+    /// resolution): replaces the room's current state rows and group.
+    pub resolved_current: Option<Vec<CurrentEntry>>,
+    /// Passed the auth rules against the state before it but not against current
+    /// state: kept out of the timeline, the extremities and current state.
+    pub soft_failed: bool,
+}
+
+/// One entry of a resolved current state.
+#[derive(Debug, Clone)]
+pub struct CurrentEntry {
+    /// Event type.
+    pub kind: String,
+    /// State key.
+    pub state_key: String,
+    /// Event id.
+    pub event_id: String,
+    /// `membership` of a member event.
+    pub membership: Option<String>,
 }
 
 /// Where each persisted event landed.
@@ -120,6 +142,9 @@ pub struct Persisted {
     pub stream_ordering: i64,
     /// State group after the event.
     pub state_group: Option<i64>,
+    /// The highest state group id written for it (a fork writes more than one), so the
+    /// writer knows where the next id starts.
+    pub last_group: Option<i64>,
 }
 
 /// How many changes a delta group may carry before the next group is a full snapshot.
@@ -168,10 +193,16 @@ impl Store {
                     .execute(tx.conn())
                     .await?;
             }
-            let prev_group = room_groups
+            let mut prev_group = room_groups
                 .get(ev.room_id.as_str())
                 .copied()
                 .unwrap_or(ev.prev_state_group);
+            if let Some(before) = &ev.state_before {
+                let id = next_state_group;
+                next_state_group += 1;
+                write_snapshot_group(&mut tx, id, &ev.room_id, before).await?;
+                prev_group = Some(id);
+            }
             let state_group = match &ev.state_key {
                 Some(sk) => {
                     let id = next_state_group;
@@ -188,7 +219,9 @@ impl Store {
                 }
                 None => prev_group,
             };
-            room_groups.insert(&ev.room_id, state_group);
+            if !ev.soft_failed {
+                room_groups.insert(&ev.room_id, state_group);
+            }
             let (txn_id, txn_device) = match &ev.txn {
                 Some((_, device, txn)) => (Some(txn.as_str()), Some(device.as_str())),
                 None => (None, None),
@@ -211,7 +244,7 @@ impl Store {
             .bind(ev.unsigned.as_deref())
             .bind(txn_id)
             .bind(txn_device)
-            .bind(i32::from(ev.outlier))
+            .bind(i32::from(ev.outlier || ev.soft_failed))
             .execute(tx.conn())
             .await?;
             if let Some((user, device, txn)) = &ev.txn {
@@ -229,6 +262,15 @@ impl Store {
                 .execute(tx.conn())
                 .await?;
             }
+            if ev.soft_failed {
+                // Stored for the record (and as a prev_event others may cite), nothing more.
+                out.push(Persisted {
+                    stream_ordering: ordering,
+                    state_group,
+                    last_group: next_state_group.checked_sub(1),
+                });
+                continue;
+            }
             for prev in &ev.prev_events {
                 sqlx::query("DELETE FROM room_extremities WHERE room_id = $1 AND event_id = $2")
                     .bind(&ev.room_id)
@@ -241,7 +283,24 @@ impl Store {
                 .bind(&ev.event_id)
                 .execute(tx.conn())
                 .await?;
-            if let Some(sk) = &ev.state_key {
+            let mut room_group = state_group;
+            if let Some(resolved) = &ev.resolved_current {
+                let id = next_state_group;
+                next_state_group += 1;
+                let entries: StateEntries = resolved
+                    .iter()
+                    .map(|e| ((e.kind.clone(), e.state_key.clone()), e.event_id.clone()))
+                    .collect();
+                write_snapshot_group(&mut tx, id, &ev.room_id, &entries).await?;
+                replace_current_state(&mut tx, &ev.room_id, resolved, ordering).await?;
+                sqlx::query("UPDATE events SET room_group = $2 WHERE stream_ordering = $1")
+                    .bind(ordering)
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?;
+                room_groups.insert(&ev.room_id, Some(id));
+                room_group = Some(id);
+            } else if let Some(sk) = &ev.state_key {
                 sqlx::query(
                     "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_ordering)
                      VALUES ($1, $2, $3, $4, $5, $6)
@@ -274,12 +333,13 @@ impl Store {
             }
             sqlx::query("UPDATE rooms SET state_group = $2 WHERE room_id = $1")
                 .bind(&ev.room_id)
-                .bind(state_group)
+                .bind(room_group)
                 .execute(tx.conn())
                 .await?;
             out.push(Persisted {
                 stream_ordering: ordering,
                 state_group,
+                last_group: next_state_group.checked_sub(1),
             });
         }
         tx.commit().await?;
@@ -453,7 +513,8 @@ impl Store {
     /// event at or before `at`.
     pub async fn select_state_group_at(&self, room_id: &str, at: i64) -> Result<Option<i64>> {
         let row: Option<(Option<i64>,)> = sqlx::query_as(
-            "SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering <= $2
+            "SELECT COALESCE(room_group, state_group) FROM events
+             WHERE room_id = $1 AND stream_ordering <= $2 AND outlier = 0
              ORDER BY stream_ordering DESC LIMIT 1",
         )
         .bind(room_id)
@@ -483,6 +544,73 @@ impl Store {
             .fetch_optional(self.reader())
             .await?)
     }
+}
+
+/// Writes a full snapshot state group.
+async fn write_snapshot_group(
+    tx: &mut Txn,
+    id: i64,
+    room_id: &str,
+    entries: &StateEntries,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO state_groups (id, room_id, base_id, entries) VALUES ($1, $2, NULL, $3)",
+    )
+    .bind(id)
+    .bind(room_id)
+    .bind(crate::state::encode_entries(entries))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Makes a room's current state rows the resolved state: changed entries are
+/// rewritten (at position `ordering`), entries no longer in it removed.
+async fn replace_current_state(
+    tx: &mut Txn,
+    room_id: &str,
+    resolved: &[CurrentEntry],
+    ordering: i64,
+) -> Result<()> {
+    let now: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT type, state_key, event_id FROM current_state WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_all(tx.conn())
+            .await?;
+    let now: std::collections::HashMap<(String, String), String> =
+        now.into_iter().map(|(t, k, e)| ((t, k), e)).collect();
+    for e in resolved {
+        if now.get(&(e.kind.clone(), e.state_key.clone())) == Some(&e.event_id) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_ordering)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (room_id, type, state_key)
+             DO UPDATE SET event_id = $4, membership = $5, stream_ordering = $6",
+        )
+        .bind(room_id)
+        .bind(&e.kind)
+        .bind(&e.state_key)
+        .bind(&e.event_id)
+        .bind(e.membership.as_deref())
+        .bind(ordering)
+        .execute(tx.conn())
+        .await?;
+    }
+    for (t, k) in now.keys() {
+        if !resolved.iter().any(|e| &e.kind == t && &e.state_key == k) {
+            sqlx::query(
+                "DELETE FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = $3",
+            )
+            .bind(room_id)
+            .bind(t)
+            .bind(k)
+            .execute(tx.conn())
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn write_state_group(

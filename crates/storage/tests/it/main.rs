@@ -186,6 +186,9 @@ fn event(id: &str, room: &str, kind: &str, sk: Option<&str>, prev: &[&str]) -> N
             creator: "@a:x".into(),
         }),
         outlier: false,
+        state_before: None,
+        resolved_current: None,
+        soft_failed: false,
     }
 }
 
