@@ -532,10 +532,10 @@ impl Store {
         forwards: bool,
     ) -> Result<Option<(String, i64)>> {
         let sql = if forwards {
-            "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts >= $2
+            "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts >= $2 AND outlier = 0
              ORDER BY origin_server_ts ASC, stream_ordering ASC LIMIT 1"
         } else {
-            "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts <= $2
+            "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts <= $2 AND outlier = 0
              ORDER BY origin_server_ts DESC, stream_ordering DESC LIMIT 1"
         };
         Ok(sqlx::query_as(sql)
