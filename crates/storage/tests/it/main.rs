@@ -293,6 +293,14 @@ async fn backfill_places_history(s: &Store) {
         vec![("$j".to_owned(), 2)],
         "the outlier is not history"
     );
+    assert_eq!(
+        s.select_event_near_ts("!b:x", 0, true)
+            .await
+            .unwrap()
+            .map(|e| e.0),
+        Some("$j".to_owned()),
+        "nor is it found by time"
+    );
     s.insert_backfill_frontier("!b:x", &["$m2".into()])
         .await
         .unwrap();
