@@ -261,12 +261,25 @@ impl TestServer {
     pub async fn start_federating(backend: Backend, ca_dir: &Path) -> (TestServer, String) {
         let fed_port = free_port();
         let name = format!("localhost:{fed_port}");
+        let srv = Self::start_federating_as(backend, ca_dir, &name, fed_port, "").await;
+        (srv, name)
+    }
+
+    /// A federating server named `name` (which other servers must be able to resolve to
+    /// its federation listener on `fed_port`), with `fed_extra` appended to its
+    /// `[federation]` section.
+    pub async fn start_federating_as(
+        backend: Backend,
+        ca_dir: &Path,
+        name: &str,
+        fed_port: u16,
+        fed_extra: &str,
+    ) -> TestServer {
         let c = ca_dir.display();
         let extra = format!(
-            "[federation]\nenabled = true\ntls_certificate_path = \"{c}/ganglion.pem\"\ntls_private_key_path = \"{c}/ganglion.key\"\nca_file = \"{c}/ca.pem\"\nallow_private_addresses = true\nrequest_timeout_secs = 10\n\n"
+            "[federation]\nenabled = true\ntls_certificate_path = \"{c}/ganglion.pem\"\ntls_private_key_path = \"{c}/ganglion.key\"\nca_file = \"{c}/ca.pem\"\nallow_private_addresses = true\nrequest_timeout_secs = 10\n{fed_extra}\n"
         );
-        let srv = Self::start_full(backend, &extra, None, Some((&name, fed_port))).await;
-        (srv, name)
+        Self::start_full(backend, &extra, None, Some((name, fed_port))).await
     }
 
     /// A federating server in the split shape (main, two sync workers, nginx, Redis),

@@ -7,7 +7,8 @@
 #   so every test and every server of one run can share one CA.
 # - For each NAME: DIR/NAME.pem (the server certificate followed by nothing else) and
 #   DIR/NAME.key (PKCS#8 EC key), signed by that CA, valid for 10 years, with
-#   subjectAltName DNS:localhost, IP:127.0.0.1 and extendedKeyUsage serverAuth,clientAuth.
+#   subjectAltName DNS:localhost, DNS:*.ganglion.test (names a test DNS server resolves),
+#   IP:127.0.0.1 and extendedKeyUsage serverAuth,clientAuth.
 #   NAME is only the file name: Matrix server names here look like `localhost:PORT`, and
 #   a certificate for "localhost" serves every port. Made only if missing or not signed
 #   by DIR/ca.pem.
@@ -57,15 +58,18 @@ cat >"$TMP/leaf.ext" <<'EOF'
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth, clientAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectAltName = DNS:localhost, DNS:*.ganglion.test, IP:127.0.0.1
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 EOF
 
 for name in "$@"; do
   pem=$DIR/$name.pem key=$DIR/$name.key
+  # Kept when signed by this CA and carrying today's names (older leaves lack
+  # *.ganglion.test, which the SRV discovery test needs).
   if [[ -s $pem && -s $key ]] &&
-      openssl verify -CAfile "$DIR/ca.pem" "$pem" >/dev/null 2>&1; then
+      openssl verify -CAfile "$DIR/ca.pem" "$pem" >/dev/null 2>&1 &&
+      openssl x509 -in "$pem" -noout -text 2>/dev/null | grep -q 'DNS:\*\.ganglion\.test'; then
     continue
   fi
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/$name.key" 2>/dev/null

@@ -2143,6 +2143,101 @@ async fn a_message_from_a_user_banned_meanwhile_is_soft_failed() {
     srv.cleanup().await;
 }
 
+/// A DNS server on loopback that answers one SRV record:
+/// `_matrix-fed._tcp.srv.ganglion.test` → `localhost:port`; every other question gets
+/// NXDOMAIN. Returns its address.
+fn srv_dns(port: u16) -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("dns socket");
+    let addr = sock.local_addr().expect("dns address");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let q = &buf[..n];
+            if q.len() < 12 {
+                continue;
+            }
+            // The question: labels up to the root, then type and class.
+            let mut i = 12;
+            let mut labels = Vec::new();
+            while i < q.len() && q[i] != 0 {
+                let len = q[i] as usize;
+                labels.push(
+                    String::from_utf8_lossy(&q[i + 1..(i + 1 + len).min(q.len())]).to_lowercase(),
+                );
+                i += 1 + len;
+            }
+            let end = (i + 5).min(q.len());
+            let qtype = q
+                .get(i + 1..i + 3)
+                .map_or(0, |t| u16::from_be_bytes([t[0], t[1]]));
+            let hit = qtype == 33 && labels.join(".") == "_matrix-fed._tcp.srv.ganglion.test";
+            let mut out = Vec::new();
+            out.extend_from_slice(&q[0..2]);
+            out.extend_from_slice(&[0x81, if hit { 0x80 } else { 0x83 }]);
+            out.extend_from_slice(&[0, 1, 0, u8::from(hit), 0, 0, 0, 0]);
+            out.extend_from_slice(&q[12..end]);
+            if hit {
+                let target = b"\x09localhost\x00";
+                out.extend_from_slice(&[0xc0, 0x0c, 0, 33, 0, 1, 0, 0, 0, 60]);
+                out.extend_from_slice(&((6 + target.len()) as u16).to_be_bytes());
+                out.extend_from_slice(&[0, 10, 0, 5]);
+                out.extend_from_slice(&port.to_be_bytes());
+                out.extend_from_slice(target);
+            }
+            let _ = sock.send_to(&out, from);
+        }
+    });
+    addr
+}
+
+/// Server discovery through SRV: a server named `srv.ganglion.test` (no port) listens
+/// for federation on a random port that only an SRV record tells (it has no address
+/// record, so no `.well-known` either; the record's target is `localhost`). Another server, sending its SRV lookups to
+/// a test DNS server, joins a room there by alias, fetches its keys and exchanges
+/// messages with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_found_through_srv_federates() {
+    let ca = test_ca();
+    let fed_port = ganglion_tests::server::free_port();
+    let dns = srv_dns(fed_port);
+    let srv_named =
+        TestServer::start_federating_as(Backend::Sqlite, &ca, "srv.ganglion.test", fed_port, "")
+            .await;
+    let two_port = ganglion_tests::server::free_port();
+    let two = TestServer::start_federating_as(
+        Backend::Postgres,
+        &ca,
+        &format!("localhost:{two_port}"),
+        two_port,
+        &format!("dns_server = \"{dns}\"\n"),
+    )
+    .await;
+    let carol = srv_named.user("carol").await;
+    assert!(
+        carol.user_id.ends_with(":srv.ganglion.test"),
+        "{}",
+        carol.user_id
+    );
+    let local = format!("srv{}", rand::random::<u32>());
+    let room = carol
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    let dave = two.user("dave").await;
+    let joined = dave
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:srv.ganglion.test"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 200, "a join through SRV: {}", joined.body);
+    exchange(&carol, &dave, &room, 3).await;
+    srv_named.cleanup().await;
+    two.cleanup().await;
+}
+
 /// A GET signed as `origin` with `key`, to `dest`'s federation listener.
 pub(crate) async fn signed_get(
     http: &reqwest::Client,

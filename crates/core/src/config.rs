@@ -105,6 +105,9 @@ pub struct FederationConfig {
     /// share the destinations among themselves; main sends none. Off: main (or the single
     /// binary) sends them itself.
     pub sender_workers: bool,
+    /// Test mode: send the SRV lookups of server discovery to this DNS server
+    /// (`ip:port`) instead of the system's resolvers.
+    pub dns_server: Option<String>,
 }
 
 /// A retired signing key (`[federation.old_signing_keys."<key id>"]`).
@@ -130,6 +133,7 @@ impl Default for FederationConfig {
             trusted_key_servers: Vec::new(),
             old_signing_keys: std::collections::BTreeMap::new(),
             sender_workers: false,
+            dns_server: None,
         }
     }
 }

@@ -2,10 +2,13 @@
 //! server names"), refuses private addresses unless allowed, signs every request with
 //! X-Matrix, and maps answers to errors.
 //!
-//! Resolution today: an IP literal or a name with an explicit port is used as is; a bare
-//! host name is looked up at `https://<host>/.well-known/matrix/server` (cached), and
-//! the delegated name (or the host itself) is used with port 8448 when it has none. SRV
-//! records (`_matrix-fed._tcp`) are not looked up yet.
+//! Resolution: an IP literal or a name with an explicit port is used as is; a bare host
+//! name is looked up at `https://<host>/.well-known/matrix/server` (cached). The
+//! delegated name (or the host itself), when it has no port and is not an IP literal,
+//! is looked up as SRV `_matrix-fed._tcp.<name>`, then the deprecated `_matrix._tcp`
+//! (cached): a record gives the port, and its target's addresses are what the name
+//! resolves to when we connect, so the URL, SNI, certificate check and Host header stay
+//! the name, as the spec requires. Otherwise port 8448.
 
 use std::{
     collections::HashMap,
@@ -111,15 +114,37 @@ pub fn is_private(ip: IpAddr) -> bool {
 #[derive(Debug)]
 struct Guarded {
     allow_private: bool,
+    /// Names found through SRV: name → the record's target host.
+    srv_targets: Arc<Mutex<HashMap<String, String>>>,
+    /// Test mode (`federation.dns_server`): addresses come from that server too.
+    dns: Option<hickory_resolver::TokioResolver>,
 }
 
 impl reqwest::dns::Resolve for Guarded {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow_private = self.allow_private;
         let host = name.as_str().to_owned();
+        let host = self
+            .srv_targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&host)
+            .cloned()
+            .unwrap_or(host);
+        let dns = self.dns.clone();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
+            let found: Vec<SocketAddr> = match dns {
+                Some(dns) => dns
+                    .lookup_ip(host.as_str())
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?
+                    .iter()
+                    .map(|ip| SocketAddr::new(ip, 0))
+                    .collect(),
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            let addrs: Vec<SocketAddr> = found
+                .into_iter()
                 .filter(|a| allow_private || !is_private(a.ip()))
                 .collect();
             if addrs.is_empty() {
@@ -131,6 +156,48 @@ impl reqwest::dns::Resolve for Guarded {
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
+    }
+}
+
+/// An SRV record's target host and port.
+type SrvTarget = (String, u16);
+
+/// The resolver for SRV lookups: the system's, or (test mode) one DNS server.
+fn dns_resolver(server: Option<&str>) -> Result<Option<hickory_resolver::TokioResolver>, String> {
+    use hickory_resolver::{
+        config::{ConnectionConfig, NameServerConfig, ResolverConfig},
+        net::runtime::TokioRuntimeProvider,
+    };
+    let built = match server {
+        Some(addr) => {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|e| format!("federation.dns_server {addr}: {e}"))?;
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+            hickory_resolver::TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![ns]),
+                TokioRuntimeProvider::default(),
+            )
+            .build()
+        }
+        None => match hickory_resolver::TokioResolver::builder_tokio() {
+            Ok(b) => b.build(),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS configuration: SRV lookups are off");
+                return Ok(None);
+            }
+        },
+    };
+    match built {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the DNS resolver: SRV lookups are off");
+            Ok(None)
+        }
     }
 }
 
@@ -167,6 +234,12 @@ struct Inner {
     origin: String,
     allow_private: bool,
     well_known: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    /// SRV answers: name → (port and target, or none), cached.
+    srv: Mutex<HashMap<String, (Option<SrvTarget>, Instant)>>,
+    /// Shared with the connector's resolver.
+    srv_targets: Arc<Mutex<HashMap<String, String>>>,
+    /// `None` when no DNS configuration could be read (SRV lookups are then skipped).
+    dns: Option<hickory_resolver::TokioResolver>,
 }
 
 impl FederationClient {
@@ -177,6 +250,8 @@ impl FederationClient {
         origin: &str,
     ) -> Result<FederationClient, String> {
         install_crypto_provider();
+        let srv_targets = Arc::new(Mutex::new(HashMap::new()));
+        let dns = dns_resolver(config.dns_server.as_deref())?;
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("Ganglion/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
@@ -185,6 +260,8 @@ impl FederationClient {
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(Guarded {
                 allow_private: config.allow_private_addresses,
+                srv_targets: srv_targets.clone(),
+                dns: dns.clone().filter(|_| config.dns_server.is_some()),
             }));
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|e| format!("federation.ca_file {path}: {e}"))?;
@@ -202,6 +279,9 @@ impl FederationClient {
                 origin: origin.to_owned(),
                 allow_private: config.allow_private_addresses,
                 well_known: Mutex::new(HashMap::new()),
+                srv: Mutex::new(HashMap::new()),
+                srv_targets,
+                dns,
             }),
         })
     }
@@ -236,11 +316,74 @@ impl FederationClient {
             return Ok(format!("https://{host}:{p}"));
         }
         let delegated = self.well_known(host).await;
-        // The delegated name (or the host itself) with its port, or 8448.
-        match delegated.as_deref().and_then(split_server_name) {
-            Some((h, p)) if !h.is_empty() => Ok(format!("https://{h}:{}", p.unwrap_or(8448))),
-            _ => Ok(format!("https://{host}:8448")),
+        // The delegated name (or the host itself) with its port, its SRV port, or 8448.
+        let (name, port) = match delegated.as_deref().and_then(split_server_name) {
+            Some((h, p)) if !h.is_empty() => (h.to_owned(), p),
+            _ => (host.to_owned(), None),
+        };
+        if let Some(p) = port {
+            return Ok(format!("https://{name}:{p}"));
         }
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            if !self.inner.allow_private && is_private(ip) {
+                return Err(FedError::PrivateAddress(destination.to_owned()));
+            }
+            return Ok(format!("https://{name}:8448"));
+        }
+        match self.srv(&name).await {
+            Some((target, port)) => {
+                self.inner
+                    .srv_targets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone(), target);
+                Ok(format!("https://{name}:{port}"))
+            }
+            None => Ok(format!("https://{name}:8448")),
+        }
+    }
+
+    /// The SRV record of a name (`_matrix-fed._tcp`, then `_matrix._tcp`): its target
+    /// and port, the lowest priority first (then the highest weight). Cached.
+    async fn srv(&self, name: &str) -> Option<SrvTarget> {
+        {
+            let cache = self.inner.srv.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((v, at)) = cache.get(name)
+                && at.elapsed() < WELL_KNOWN_TTL
+            {
+                return v.clone();
+            }
+        }
+        let dns = self.inner.dns.as_ref()?;
+        let mut found = None;
+        for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
+            let Ok(lookup) = dns.srv_lookup(format!("{service}.{name}.")).await else {
+                continue;
+            };
+            let best = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    hickory_resolver::proto::rr::RData::SRV(srv) => Some(srv.clone()),
+                    _ => None,
+                })
+                .min_by_key(|s| (s.priority, std::cmp::Reverse(s.weight)));
+            if let Some(s) = best {
+                let target = s.target.to_utf8();
+                let target = target.trim_end_matches('.').to_owned();
+                // "." means the service is not offered.
+                if !target.is_empty() {
+                    found = Some((target, s.port));
+                }
+                break;
+            }
+        }
+        self.inner
+            .srv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (found.clone(), Instant::now()));
+        found
     }
 
     /// The `m.server` of `https://<host>/.well-known/matrix/server`, cached.
