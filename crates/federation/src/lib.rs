@@ -1,18 +1,17 @@
 //! federation: the Server-Server API (ARCHITECTURE §6).
 //!
 //! - [`xmatrix`]: request authentication (signing, parsing, verifying `X-Matrix`);
-//! - [`client`]: the outbound client (server-name resolution, private-address guard,
-//!   signed requests, test-mode CA);
+//! - [`client`]: the outbound client (server-name resolution with `.well-known` and SRV,
+//!   private-address guard, signed requests, test-mode CA and DNS server);
 //! - [`keys`]: our published key document and the key ring for remote keys;
-//! - [`server`]: the inbound endpoints built so far (keys, version, profile and
-//!   directory queries);
-//! - [`directory`], [`spaces`], [`timestamp`], [`openid`]: the inbound public room
-//!   directory (and the outbound read of another server's), `/hierarchy`,
-//!   `/timestamp_to_event` and `/openid/userinfo`;
+//! - [`server`]: the inbound endpoints (keys, transactions, joins, leaves, knocks,
+//!   invites, the room reads, backfill, queries), with [`acl`] for server ACLs;
+//! - [`join`], [`invite`], [`history`]: the outbound membership handshakes, invites and
+//!   history fetching;
+//! - [`sender`]: outbound transactions, in-process or as `ganglion-federation-sender`;
 //! - [`listener`]: the TLS listener.
 //!
-//! Not built yet (they answer 404 `M_UNRECOGNIZED`): transactions, joins, invites,
-//! backfill, state and event reads, and the federation sender.
+//! What is not built yet is listed in docs/architecture.md (Federation).
 
 pub mod acl;
 pub mod client;

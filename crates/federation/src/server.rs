@@ -44,6 +44,44 @@ pub struct FederationApi {
     pub client: crate::client::FederationClient,
     /// The sender's back-offs, ended when their destination contacts us.
     pub wakers: crate::sender::Wakers,
+    /// Transactions answered lately, so that a retried one gets the same answer.
+    pub txns: SeenTxns,
+}
+
+/// The answers to the last [`SEEN_TXNS`] transactions, by (origin, transaction id): a
+/// transaction sent again (its sender did not get our answer) is answered the same way
+/// without being processed twice (spec: transactions are idempotent by id).
+#[derive(Debug, Clone, Default)]
+pub struct SeenTxns {
+    inner: Arc<std::sync::Mutex<SeenInner>>,
+}
+
+#[derive(Debug, Default)]
+struct SeenInner {
+    answers: std::collections::HashMap<(String, String), Value>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+/// How many transaction answers are kept.
+const SEEN_TXNS: usize = 10_000;
+
+impl SeenTxns {
+    fn get(&self, key: &(String, String)) -> Option<Value> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.answers.get(key).cloned()
+    }
+
+    fn put(&self, key: (String, String), answer: Value) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.answers.insert(key.clone(), answer).is_none() {
+            inner.order.push_back(key);
+        }
+        while inner.order.len() > SEEN_TXNS {
+            if let Some(old) = inner.order.pop_front() {
+                inner.answers.remove(&old);
+            }
+        }
+    }
 }
 
 /// The federation routes (the listener adds the 404 `M_UNRECOGNIZED` fallback).
@@ -633,13 +671,18 @@ const MAX_TXN_EDUS: usize = 100;
 /// not processed yet.
 async fn send_transaction(
     State(api): State<FederationApi>,
-    axum::extract::Path(_txn_id): axum::extract::Path<String>,
+    axum::extract::Path(txn_id): axum::extract::Path<String>,
     req: axum::extract::Request,
 ) -> Result<Json<Value>, ApiError> {
     let (origin, content) = signed_body(&api, req).await?;
     let body: Value = serde_json::to_value(&content).unwrap_or(Value::Null);
     if body.get("origin").and_then(Value::as_str) != Some(origin.as_str()) {
         return Err(Error::forbidden("the transaction's origin is not the signer").into());
+    }
+    let key = (origin.clone(), txn_id);
+    if let Some(answer) = api.txns.get(&key) {
+        metrics::counter!("ganglion_federation_txns_repeated_total").increment(1);
+        return Ok(Json(answer));
     }
     let pdus = body
         .get("pdus")
@@ -681,7 +724,9 @@ async fn send_transaction(
             results.insert(id, entry);
         }
     }
-    Ok(Json(json!({ "pdus": results })))
+    let answer = json!({ "pdus": results });
+    api.txns.put(key, answer.clone());
+    Ok(Json(answer))
 }
 
 /// Checks and persists one PDU of a transaction; returns its event id (when it could be
@@ -1303,6 +1348,20 @@ async fn event_auth(
 #[cfg(test)]
 mod query_tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_transaction_gets_the_first_answer_until_it_is_forgotten() {
+        let seen = SeenTxns::default();
+        let key = |i: usize| ("remote.example".to_owned(), format!("t{i}"));
+        seen.put(key(0), json!({ "pdus": { "$a": {} } }));
+        assert_eq!(seen.get(&key(0)), Some(json!({ "pdus": { "$a": {} } })));
+        assert_eq!(seen.get(&("other.example".to_owned(), "t0".to_owned())), None);
+        for i in 1..=SEEN_TXNS {
+            seen.put(key(i), json!({}));
+        }
+        assert_eq!(seen.get(&key(0)), None, "the oldest answer is dropped");
+        assert!(seen.get(&key(SEEN_TXNS)).is_some());
+    }
 
     #[test]
     fn repeated_query_values_decode() {

@@ -200,6 +200,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 receipts: writers.receipts.clone(),
                 client: client.clone(),
                 wakers,
+                txns: Default::default(),
             };
             Some((ganglion_federation::router(api), tls))
         }

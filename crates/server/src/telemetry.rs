@@ -15,7 +15,10 @@ pub fn init_logging(cfg: &LoggingConfig) {
         LogFormat::Json => registry
             .with(fmt::layer().json().with_current_span(false))
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        // Colours only on a terminal: a log file or a collector gets plain text.
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())))
+            .try_init(),
     };
     // A second init (tests, embedded use) keeps the first subscriber.
     let _ = result;
