@@ -1355,7 +1355,10 @@ mod query_tests {
         let key = |i: usize| ("remote.example".to_owned(), format!("t{i}"));
         seen.put(key(0), json!({ "pdus": { "$a": {} } }));
         assert_eq!(seen.get(&key(0)), Some(json!({ "pdus": { "$a": {} } })));
-        assert_eq!(seen.get(&("other.example".to_owned(), "t0".to_owned())), None);
+        assert_eq!(
+            seen.get(&("other.example".to_owned(), "t0".to_owned())),
+            None
+        );
         for i in 1..=SEEN_TXNS {
             seen.put(key(i), json!({}));
         }
