@@ -676,10 +676,7 @@ async fn a_ganglion_user_back_paginates_a_long_synapse_history() {
     let synapse = Synapse::start(&ca);
     let (srv, _name) = TestServer::start_federating(Backend::Postgres, &ca).await;
     let bob = synapse.user("bob").await;
-    let local = format!("long{}", rand::random::<u32>());
-    let room = bob
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (room, local) = public_room(&bob, "long").await;
     let mut sent = Vec::new();
     for i in 0..250 {
         if i == 120 {
@@ -741,10 +738,7 @@ async fn two_ganglions_federate() {
     let (one, one_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
     let (two, two_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
     let carol = two.user("carol").await;
-    let local = format!("g2{}", rand::random::<u32>());
-    let room = carol
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (room, local) = public_room(&carol, "g2").await;
     // History before dave's server joins: fetched from server two by backfill.
     let mut before = Vec::new();
     for i in 0..60 {
@@ -753,16 +747,7 @@ async fn two_ganglions_federate() {
         before.push(body);
     }
     let dave = one.user("dave").await;
-    let joined = dave
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{two_name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    join_by_alias(&dave, &local, &two_name).await;
     let mut seen = message_bodies(&page_back(&dave, &room, 25).await);
     seen.reverse();
     assert_eq!(
@@ -824,21 +809,9 @@ async fn a_server_acl_shuts_a_server_out() {
     let (one, one_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
     let (two, two_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
     let carol = two.user("carol").await;
-    let local = format!("acl{}", rand::random::<u32>());
-    let room = carol
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (room, local) = public_room(&carol, "acl").await;
     let dave = one.user("dave").await;
-    let joined = dave
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{two_name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    join_by_alias(&dave, &local, &two_name).await;
     exchange(&carol, &dave, &room, 2).await;
     let last = bodies_and_ids(&carol, &room).await.1;
 
@@ -892,10 +865,7 @@ async fn a_split_ganglion_backfills_through_main() {
     let (one, _one_name) = TestServer::start_federating_split(&ca).await;
     let (two, two_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
     let carol = two.user("carol").await;
-    let local = format!("hist{}", rand::random::<u32>());
-    let room = carol
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (room, local) = public_room(&carol, "hist").await;
     let mut before = Vec::new();
     for i in 0..40 {
         let body = format!("history-{i}");
@@ -903,16 +873,7 @@ async fn a_split_ganglion_backfills_through_main() {
         before.push(body);
     }
     let dave = one.user("dave").await;
-    let joined = dave
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{two_name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    join_by_alias(&dave, &local, &two_name).await;
     let mut seen = message_bodies(&page_back(&dave, &room, 15).await);
     seen.reverse();
     assert_eq!(
@@ -951,21 +912,9 @@ async fn a_split_ganglion_shares_destinations_between_two_senders() {
     let s2 = one.worker("ganglion-federation-sender", "fs-2").await;
     let (two, _two_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
     let alice = one.user("alice").await;
-    let local = format!("split{}", rand::random::<u32>());
-    let room = alice
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (room, local) = public_room(&alice, "split").await;
     let bob = two.user("bob").await;
-    let joined = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{one_name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    join_by_alias(&bob, &local, &one_name).await;
     exchange(&alice, &bob, &room, 15).await;
 
     // Exactly one sender sent to server two.
@@ -1240,21 +1189,9 @@ async fn a_gap_is_filled_with_get_missing_events() {
     let (mut one, _one_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
     let (mut two, two_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
     let carol = two.user("carol").await;
-    let local = format!("gap{}", rand::random::<u32>());
-    let room = carol
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (room, local) = public_room(&carol, "gap").await;
     let dave = one.user("dave").await;
-    let joined = dave
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{two_name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    join_by_alias(&dave, &local, &two_name).await;
     exchange(&carol, &dave, &room, 2).await;
 
     one.stop();
@@ -1674,10 +1611,7 @@ async fn bob_joins_alices_room(
     synapse: &Synapse,
 ) -> (Client, Client, String) {
     let alice = srv.user("alice").await;
-    let local = format!("r{}", rand::random::<u32>());
-    let room = alice
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (room, local) = public_room(&alice, "r").await;
     let bob = synapse.user("bob").await;
     let joined = bob
         .post(
@@ -1694,6 +1628,34 @@ async fn bob_joins_alices_room(
         joined.body
     );
     (alice, bob, room)
+}
+
+/// A public room made by `c` with a fresh alias `#<prefix><random>`: (room id, alias
+/// local part).
+async fn public_room(c: &Client, prefix: &str) -> (String, String) {
+    let local = format!("{prefix}{}", rand::random::<u32>());
+    let room = c
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
+        .await;
+    (room, local)
+}
+
+/// `c` joins `#local:server` (another server's room, by alias); fails unless 200.
+async fn join_by_alias(c: &Client, local: &str, server: &str) {
+    let joined = c
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc(&format!("#{local}:{server}"))
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        joined.status, 200,
+        "{} joining #{local}:{server}: {}",
+        c.user_id, joined.body
+    );
 }
 
 /// `first` sends `n` messages, which `second` must see; then `second` sends `n`, which
@@ -1954,10 +1916,7 @@ async fn restricted_joins_cross_both_ways() {
         }] })
     };
 
-    let local = format!("door{}", rand::random::<u32>());
-    let lobby = alice
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (lobby, local) = public_room(&alice, "door").await;
     let inner = alice.create_room(restricted(&lobby)).await;
     let via = format!("?via={}", enc(&name));
     let refused = eve
@@ -2006,10 +1965,7 @@ async fn restricted_joins_cross_both_ways() {
         alice.user_id.as_str()
     );
 
-    let local = format!("hall{}", rand::random::<u32>());
-    let hall = bob
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (hall, local) = public_room(&bob, "hall").await;
     let theirs = bob.create_room(restricted(&hall)).await;
     let in_hall = alice
         .post(
@@ -2056,16 +2012,7 @@ async fn a_forked_topic_resolves_the_same_on_both_servers() {
         }))
         .await;
     let bob = synapse.user("bob").await;
-    let joined = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc(&format!("#{local}:{name}"))
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(joined.status, 200, "{}", joined.body);
+    join_by_alias(&bob, &local, &name).await;
     exchange(&alice, &bob, &room, 1).await;
 
     srv.stop();
@@ -2218,10 +2165,7 @@ async fn a_server_found_through_srv_federates() {
         "{}",
         carol.user_id
     );
-    let local = format!("srv{}", rand::random::<u32>());
-    let room = carol
-        .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
-        .await;
+    let (room, local) = public_room(&carol, "srv").await;
     let dave = two.user("dave").await;
     let joined = dave
         .post(
