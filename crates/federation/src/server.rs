@@ -390,26 +390,29 @@ async fn make_join(
     axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("bad room id"))?;
-    let user_id = ruma::UserId::parse(&user_id).map_err(|_| Error::invalid_param("bad user id"))?;
-    if user_id.server_name().as_str() != origin {
-        return Err(Error::forbidden("you may only make joins for your own users").into());
-    }
-    // `ver` repeats; without any, only room version 1 is assumed supported.
-    let versions: Vec<String> = query
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("ver="))
-        .map(|v| v.replace("%2E", ".").replace("%2e", "."))
-        .collect();
-    let versions = if versions.is_empty() {
-        vec!["1".to_owned()]
-    } else {
-        versions
-    };
-    acl_check(&api, &origin, room_id.as_str()).await?;
+    let (room_id, user_id) = template_request(&api, &origin, &room_id, &user_id).await?;
+    let versions = versions_of(query.as_deref());
     let (version, event) = api.rooms.make_join(&room_id, &user_id, &versions).await?;
     Ok(Json(json!({ "room_version": version, "event": event })))
+}
+
+/// The room and user of a `make_join`, `make_leave` or `make_knock`: the user must be
+/// the origin's, and the room's ACL must allow the origin.
+async fn template_request(
+    api: &FederationApi,
+    origin: &str,
+    room_id: &str,
+    user_id: &str,
+) -> Result<(ruma::OwnedRoomId, ruma::OwnedUserId), Error> {
+    let room_id = room_of(room_id)?;
+    let user_id = ruma::UserId::parse(user_id).map_err(|_| Error::invalid_param("bad user id"))?;
+    if user_id.server_name().as_str() != origin {
+        return Err(Error::forbidden(
+            "you may only ask for templates for your own users",
+        ));
+    }
+    acl_check(api, origin, room_id.as_str()).await?;
+    Ok((room_id, user_id))
 }
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.
@@ -572,12 +575,7 @@ async fn make_knock(
     axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = room_of(&room_id)?;
-    let user_id = ruma::UserId::parse(&user_id).map_err(|_| Error::invalid_param("bad user id"))?;
-    if user_id.server_name().as_str() != origin {
-        return Err(Error::forbidden("you may only make knocks for your own users").into());
-    }
-    acl_check(&api, &origin, room_id.as_str()).await?;
+    let (room_id, user_id) = template_request(&api, &origin, &room_id, &user_id).await?;
     let versions = versions_of(query.as_deref());
     let (version, event) = api.rooms.make_knock(&room_id, &user_id, &versions).await?;
     Ok(Json(json!({ "room_version": version, "event": event })))
@@ -607,12 +605,7 @@ async fn make_leave(
     Origin(origin): Origin,
     axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("bad room id"))?;
-    let user_id = ruma::UserId::parse(&user_id).map_err(|_| Error::invalid_param("bad user id"))?;
-    if user_id.server_name().as_str() != origin {
-        return Err(Error::forbidden("you may only make leaves for your own users").into());
-    }
-    acl_check(&api, &origin, room_id.as_str()).await?;
+    let (room_id, user_id) = template_request(&api, &origin, &room_id, &user_id).await?;
     let (version, event) = api.rooms.make_leave(&room_id, &user_id).await?;
     Ok(Json(json!({ "room_version": version, "event": event })))
 }
