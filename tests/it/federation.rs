@@ -1640,6 +1640,16 @@ async fn public_room(c: &Client, prefix: &str) -> (String, String) {
     (room, local)
 }
 
+/// `user`'s membership in `room`, as `c` reads it (`null` when it has none).
+async fn membership_in(c: &Client, room: &str, user: &str) -> Value {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        enc(room),
+        enc(user)
+    );
+    c.get(&path).await.body["membership"].clone()
+}
+
 /// `c` joins `#local:server` (another server's room, by alias); fails unless 200.
 async fn join_by_alias(c: &Client, local: &str, server: &str) {
     let joined = c
@@ -1746,15 +1756,6 @@ async fn invites_are_rejected_both_ways() {
     let (srv, _name) = TestServer::start_federating(Backend::Postgres, &ca).await;
     let bob = synapse.user("bob").await;
     let alice = srv.user("alice").await;
-    let membership = |c: &Client, room: &str, user: &str| {
-        let path = format!(
-            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-            enc(room),
-            enc(user)
-        );
-        let c = c.clone();
-        async move { c.get(&path).await.body["membership"].clone() }
-    };
 
     let theirs = bob
         .create_room(json!({ "preset": "private_chat", "invite": [alice.user_id] }))
@@ -1772,7 +1773,7 @@ async fn invites_are_rejected_both_ways() {
         )
         .await;
     assert_eq!(left.status, 200, "{}", left.body);
-    assert_eq!(membership(&bob, &theirs, &alice.user_id).await, "leave");
+    assert_eq!(membership_in(&bob, &theirs, &alice.user_id).await, "leave");
     assert!(
         alice.sync(None, 0).await["rooms"]["invite"]
             .get(&theirs)
@@ -1791,7 +1792,7 @@ async fn invites_are_rejected_both_ways() {
         )
         .await;
     assert_eq!(left.status, 200, "Synapse's reject: {}", left.body);
-    assert_eq!(membership(&alice, &ours, &bob.user_id).await, "leave");
+    assert_eq!(membership_in(&alice, &ours, &bob.user_id).await, "leave");
     srv.cleanup().await;
 }
 
@@ -1807,15 +1808,6 @@ async fn knocks_cross_both_ways() {
     let bob = synapse.user("bob").await;
     let alice = srv.user("alice").await;
     let knock_rules = json!([{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }]);
-    let membership = |c: &Client, room: &str, user: &str| {
-        let path = format!(
-            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-            enc(room),
-            enc(user)
-        );
-        let c = c.clone();
-        async move { c.get(&path).await.body["membership"].clone() }
-    };
 
     let local = format!("knock{}", rand::random::<u32>());
     let theirs = bob
@@ -1834,7 +1826,7 @@ async fn knocks_cross_both_ways() {
         .await;
     assert_eq!(knocked.status, 200, "{}", knocked.body);
     assert_eq!(knocked.body["room_id"], theirs.as_str());
-    assert_eq!(membership(&bob, &theirs, &alice.user_id).await, "knock");
+    assert_eq!(membership_in(&bob, &theirs, &alice.user_id).await, "knock");
     let knock = alice.sync(None, 0).await["rooms"]["knock"][&theirs].clone();
     assert!(
         knock["knock_state"]["events"].as_array().is_some_and(|a| a
@@ -1878,7 +1870,7 @@ async fn knocks_cross_both_ways() {
         )
         .await;
     assert_eq!(knocked.status, 200, "Synapse's knock: {}", knocked.body);
-    assert_eq!(membership(&alice, &ours, &bob.user_id).await, "knock");
+    assert_eq!(membership_in(&alice, &ours, &bob.user_id).await, "knock");
     alice
         .post(
             &format!("/_matrix/client/v3/rooms/{}/invite", enc(&ours)),
@@ -1893,7 +1885,7 @@ async fn knocks_cross_both_ways() {
         )
         .await;
     assert_eq!(joined.status, 200, "Synapse's join: {}", joined.body);
-    assert_eq!(membership(&alice, &ours, &bob.user_id).await, "join");
+    assert_eq!(membership_in(&alice, &ours, &bob.user_id).await, "join");
     srv.cleanup().await;
 }
 
