@@ -425,10 +425,18 @@ impl Rooms {
             pdu.prev_events.iter().map(ToString::to_string).collect();
         let extremities: std::collections::BTreeSet<String> =
             head.extremities.iter().map(|(id, _)| id.clone()).collect();
+        let now: StateEntries = current
+            .iter()
+            .map(|r| ((r.kind.clone(), r.state_key.clone()), r.event_id.clone()))
+            .collect();
+        // A fork whose state before it is current state anyway (concurrent messages, the
+        // common case) takes the plain path: nothing to resolve or snapshot.
         let fork = if prevs == extremities {
             None
         } else {
-            self.state_after_events(&head.rules, &prevs).await?
+            self.state_after_events(&head.rules, &prevs)
+                .await?
+                .filter(|before| *before != now)
         };
         let passes = |state: &HashMap<String, Arc<Pdu>>| {
             let by_key = by_state_key(state);
@@ -459,10 +467,6 @@ impl Rooms {
                         after.insert((pdu.kind.to_string(), sk.clone()), pdu.event_id.to_string());
                     }
                     let others = extremities.iter().any(|e| !prevs.contains(e));
-                    let now: StateEntries = current
-                        .iter()
-                        .map(|r| ((r.kind.clone(), r.state_key.clone()), r.event_id.clone()))
-                        .collect();
                     let new = if others {
                         self.resolve_states(&head.rules, &[now.clone(), after])
                             .await?
