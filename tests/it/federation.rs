@@ -889,6 +889,134 @@ async fn a_split_ganglion_backfills_through_main() {
     two.cleanup().await;
 }
 
+/// The history and membership-template endpoints refuse bad input with the spec's
+/// errors: `/backfill` without `v` or with a bad `limit` or room id, `/event_auth` of an
+/// unknown event, `/get_missing_events` with a malformed body, templates for another
+/// server's user or for a room that takes no knocks; and they answer what is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_template_endpoints_refuse_bad_input() {
+    let ca = test_ca();
+    let (one, one_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
+    let (two, two_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let carol = two.user("carol").await;
+    let (room, local) = public_room(&carol, "bad").await;
+    for i in 0..8 {
+        carol.send_text(&room, &format!("m{i}")).await;
+    }
+    let dave = one.user("dave").await;
+    join_by_alias(&dave, &local, &two_name).await;
+    let last = bodies_and_ids(&carol, &room).await.1;
+    let key = ganglion_rooms::ServerKey::load_or_generate(
+        &one.dir.join("signing.key").display().to_string(),
+    )
+    .expect("server one's key");
+    let http = https(&ca);
+    let get = |path: String| {
+        let (http, key, one_name, two_name) = (&http, &key, &one_name, &two_name);
+        async move { signed_get(http, key, one_name, two_name, &path).await }
+    };
+    let r = enc(&room);
+    let (status, v) = get(format!("/_matrix/federation/v1/backfill/{r}?limit=10")).await;
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (400, Some("M_MISSING_PARAM")),
+        "{v}"
+    );
+    let (status, v) = get(format!(
+        "/_matrix/federation/v1/backfill/{r}?v={}&limit=many",
+        enc(&last)
+    ))
+    .await;
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{v}"
+    );
+    let (status, v) = get("/_matrix/federation/v1/backfill/not-a-room?v=x&limit=1".into()).await;
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{v}"
+    );
+    let (status, v) = get(format!(
+        "/_matrix/federation/v1/backfill/{r}?v={}&limit=5",
+        enc(&last)
+    ))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let pdus = v["pdus"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pdus.len(), 5, "{v}");
+    // v is dave's join, the room's last event; then the messages, newest first.
+    assert_eq!(pdus[0]["state_key"], dave.user_id.as_str(), "{v}");
+    assert_eq!(pdus[1]["content"]["body"], "m7", "newest first: {v}");
+    assert_eq!(pdus[4]["content"]["body"], "m4", "{v}");
+    let (status, v) = get(format!(
+        "/_matrix/federation/v1/event_auth/{r}/{}",
+        enc("$unknown")
+    ))
+    .await;
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "{v}"
+    );
+    let (status, v) = get(format!(
+        "/_matrix/federation/v1/event_auth/{r}/{}",
+        enc(&last)
+    ))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["auth_chain"].as_array().is_some_and(|a| a.len() >= 3),
+        "{v}"
+    );
+    let carol_id = enc(&carol.user_id);
+    let (status, v) = get(format!("/_matrix/federation/v1/make_leave/{r}/{carol_id}")).await;
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "another server's user: {v}"
+    );
+    let dave_id = enc(&dave.user_id);
+    let (status, v) = get(format!(
+        "/_matrix/federation/v1/make_knock/{r}/{dave_id}?ver=10&ver=11&ver=12"
+    ))
+    .await;
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "a public room: {v}"
+    );
+
+    let path = format!("/_matrix/federation/v1/get_missing_events/{r}");
+    let body = json!({ "earliest_events": "not a list", "latest_events": [last] });
+    let auth = ganglion_federation::xmatrix::sign(
+        &key.pair,
+        &one_name,
+        &two_name,
+        "POST",
+        &path,
+        Some(ruma_value(&body)),
+    )
+    .expect("sign");
+    let resp = http
+        .post(format!("https://{two_name}{path}"))
+        .header("authorization", auth)
+        .json(&body)
+        .send()
+        .await
+        .expect("answer");
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap_or_default();
+    assert_eq!(
+        (status, v["errcode"].as_str()),
+        (400, Some("M_BAD_JSON")),
+        "{v}"
+    );
+    one.cleanup().await;
+    two.cleanup().await;
+}
+
 /// The sum of one counter in a worker's Prometheus metrics.
 async fn counter(w: &ganglion_tests::server::Worker, name: &str) -> f64 {
     w.metrics_text()
