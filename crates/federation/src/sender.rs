@@ -335,15 +335,8 @@ async fn destinations(
     room_id: &str,
     ours: &str,
 ) -> Result<Vec<String>, ganglion_storage::Error> {
-    let members = store.select_room_members(room_id, &["join"]).await?;
-    let mut out: Vec<String> = members
-        .iter()
-        .filter_map(|(user, _, _)| ruma::UserId::parse(user).ok())
-        .map(|u| u.server_name().to_string())
-        .filter(|s| s != ours)
-        .collect();
-    out.sort();
-    out.dedup();
+    let mut out = store.select_joined_servers(room_id).await?;
+    out.retain(|s| s != ours);
     Ok(out)
 }
 

@@ -391,7 +391,7 @@ async fn make_join(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (room_id, user_id) = template_request(&api, &origin, &room_id, &user_id).await?;
-    let versions = versions_of(query.as_deref());
+    let versions = crate::params::versions_of(query.as_deref());
     let (version, event) = api.rooms.make_join(&room_id, &user_id, &versions).await?;
     Ok(Json(json!({ "room_version": version, "event": event })))
 }
@@ -557,17 +557,6 @@ async fn member_event_of(
     Ok((room_id, computed, obj))
 }
 
-/// The room versions a `make_join` or `make_knock` request says its server supports
-/// (`ver` repeats; none means version 1 only).
-fn versions_of(query: Option<&str>) -> Vec<String> {
-    let versions = query_values(query.unwrap_or_default(), "ver");
-    if versions.is_empty() {
-        vec!["1".to_owned()]
-    } else {
-        versions
-    }
-}
-
 /// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}?ver=…`.
 async fn make_knock(
     State(api): State<FederationApi>,
@@ -576,7 +565,7 @@ async fn make_knock(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (room_id, user_id) = template_request(&api, &origin, &room_id, &user_id).await?;
-    let versions = versions_of(query.as_deref());
+    let versions = crate::params::versions_of(query.as_deref());
     let (version, event) = api.rooms.make_knock(&room_id, &user_id, &versions).await?;
     Ok(Json(json!({ "room_version": version, "event": event })))
 }
@@ -1085,15 +1074,12 @@ pub(crate) async fn origin_in_room(
     room_id: &str,
 ) -> Result<(), Error> {
     acl_check(api, origin, room_id).await?;
-    let members = api
+    let servers = api
         .store
-        .select_room_members(room_id, &["join"])
+        .select_joined_servers(room_id)
         .await
         .map_err(storage_error)?;
-    if members
-        .iter()
-        .any(|(u, _, _)| ruma::UserId::parse(u).is_ok_and(|u| u.server_name().as_str() == origin))
-    {
+    if servers.iter().any(|s| s == origin) {
         Ok(())
     } else {
         Err(Error::forbidden("your server is not in this room"))
@@ -1208,42 +1194,6 @@ async fn get_state(
     })))
 }
 
-/// The values of one key of a query string, decoded (`v` of `/backfill` repeats).
-fn query_values(query: &str, key: &str) -> Vec<String> {
-    query
-        .split('&')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k) == key).then(|| percent_decode(v))
-        })
-        .collect()
-}
-
-/// `%XX` and `+` decoding of a query component (bad escapes are kept as they are).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The room id of a path, checked.
 fn room_of(room_id: &str) -> Result<ruma::OwnedRoomId, Error> {
     ruma::RoomId::parse(room_id).map_err(|_| Error::new(ErrorKind::InvalidParam, "not a room id"))
@@ -1260,11 +1210,11 @@ async fn backfill(
     let room = room_of(&room_id)?;
     origin_in_room(&api, &origin, &room_id).await?;
     let query = query.unwrap_or_default();
-    let from = query_values(&query, "v");
+    let from = crate::params::query_values(&query, "v");
     if from.is_empty() {
         return Err(Error::new(ErrorKind::MissingParam, "v is required").into());
     }
-    let limit = match query_values(&query, "limit").first() {
+    let limit = match crate::params::query_values(&query, "limit").first() {
         Some(l) => l
             .parse::<usize>()
             .map_err(|_| Error::new(ErrorKind::InvalidParam, "limit is not a number"))?,
@@ -1357,15 +1307,5 @@ mod query_tests {
         }
         assert_eq!(seen.get(&key(0)), None, "the oldest answer is dropped");
         assert!(seen.get(&key(SEEN_TXNS)).is_some());
-    }
-
-    #[test]
-    fn repeated_query_values_decode() {
-        let q = "v=%24a%3Ab&limit=5&v=%24c&x=1+2&v=%zz";
-        assert_eq!(query_values(q, "v"), vec!["$a:b", "$c", "%zz"]);
-        assert_eq!(query_values(q, "limit"), vec!["5"]);
-        assert_eq!(query_values(q, "x"), vec!["1 2"]);
-        assert!(query_values(q, "w").is_empty());
-        assert_eq!(percent_decode("50%"), "50%");
     }
 }

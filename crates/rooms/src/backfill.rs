@@ -13,8 +13,7 @@ use std::{
 use ganglion_core::{Pdu, Result};
 use ganglion_storage::backfill::HistoricEvent;
 use ruma::{
-    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
-    state_res,
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, state_res,
 };
 
 use crate::{Rooms, remote_join::parse_remote, storage_error};
@@ -275,20 +274,13 @@ impl Rooms {
 
     /// The other servers with joined members in a room.
     pub async fn remote_servers(&self, room_id: &RoomId) -> Result<Vec<String>> {
-        let members = self
+        let mut out = self
             .inner
             .store
-            .select_room_members(room_id.as_str(), &["join"])
+            .select_joined_servers(room_id.as_str())
             .await
             .map_err(storage_error)?;
-        let mut out: Vec<String> = members
-            .iter()
-            .filter_map(|(u, _, _)| UserId::parse(u).ok())
-            .map(|u| u.server_name().to_string())
-            .filter(|s| s != self.inner.server_name.as_str())
-            .collect();
-        out.sort();
-        out.dedup();
+        out.retain(|s| s != self.inner.server_name.as_str());
         out.truncate(MAX_SERVERS);
         Ok(out)
     }

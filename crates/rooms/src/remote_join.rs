@@ -930,15 +930,13 @@ impl Rooms {
     /// Whether any user of ours is joined to the room (if none, we cannot build events
     /// in it and must join through another server).
     pub async fn has_local_members(&self, room_id: &RoomId) -> Result<bool> {
-        let members = self
+        let servers = self
             .inner
             .store
-            .select_room_members(room_id.as_str(), &["join"])
+            .select_joined_servers(room_id.as_str())
             .await
             .map_err(storage_error)?;
-        Ok(members.iter().any(|(u, _, _)| {
-            UserId::parse(u).is_ok_and(|u| u.server_name() == self.inner.server_name)
-        }))
+        Ok(servers.iter().any(|s| s == self.inner.server_name.as_str()))
     }
 
     /// The persister, or `M_UNKNOWN` 503 in a process that does not write events.

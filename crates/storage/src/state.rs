@@ -194,6 +194,20 @@ impl Store {
             .collect())
     }
 
+    /// The servers with joined members in a room, sorted, each once (a user id's server
+    /// is everything after its first `:`).
+    pub async fn select_joined_servers(&self, room_id: &str) -> Result<Vec<String>> {
+        let mut out: Vec<String> = self
+            .select_room_members(room_id, &["join"])
+            .await?
+            .into_iter()
+            .filter_map(|(user, _, _)| user.split_once(':').map(|(_, s)| s.to_owned()))
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// The members of a room with the given memberships: (user id, membership, event id).
     pub async fn select_room_members(
         &self,

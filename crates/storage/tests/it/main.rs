@@ -225,6 +225,10 @@ async fn events_state_and_streams(s: &Store) {
             .map(|m| m.0),
         Some("join".into())
     );
+    assert_eq!(
+        s.select_joined_servers("!r:x").await.unwrap(),
+        vec!["x".to_owned()]
+    );
     let back = s.select_room_events("!r:x", 0, 3, true, 2).await.unwrap();
     assert_eq!(
         back.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
