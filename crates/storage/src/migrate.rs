@@ -48,6 +48,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../../migrations/postgres/0006_openid_tokens.sql"),
         include_str!("../../../migrations/sqlite/0006_openid_tokens.sql"),
     ),
+    (
+        7,
+        "e2ee",
+        include_str!("../../../migrations/postgres/0007_e2ee.sql"),
+        include_str!("../../../migrations/sqlite/0007_e2ee.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.

@@ -1,0 +1,22 @@
+//! e2ee: end-to-end encryption support on the server side. Device keys, one-time and
+//! fallback keys, cross-signing keys and signatures, send-to-device messages, the
+//! device-list stream, and server-side key backup; each a service, with the thin
+//! Client-Server handlers that call it (spec: Client-Server API, "End-to-End Encryption",
+//! "Send-to-Device messaging", "Server-side key backups").
+//!
+//! Depends on `core`, `storage`, `bus`, `rooms` (stream writers), `http` and
+//! `account-api` (user-interactive auth for replacing cross-signing keys). Holds no SQL:
+//! every statement is a `Store` method. Must NOT know about `/sync` (the sync crate reads
+//! what these services write) or the federation listener.
+
+use axum::Router;
+
+/// The state every e2ee handler receives.
+#[derive(Clone, Debug)]
+pub struct E2eeApi {}
+
+/// Every e2ee route, with state applied.
+pub fn router(api: E2eeApi) -> Router {
+    let r = Router::new();
+    r.with_state(api)
+}
