@@ -34,7 +34,6 @@ try:
     from nio import (
         AsyncClient,
         AsyncClientConfig,
-        ErrorResponse,
         JoinResponse,
         KeysClaimResponse,
         KeysQueryResponse,
