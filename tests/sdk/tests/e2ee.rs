@@ -26,6 +26,16 @@
 //!   room) and checks that the sdk decrypts all ten pongs and that the peer saw every
 //!   ping and exits 0 after `bye`. Without `NIO_PYTHON` it prints that it skips.
 //!
+//! What the server must do for these tests (besides the plain scenario's endpoints):
+//! `/keys/upload`, `/keys/query` (device keys, master/self-signing keys and signatures,
+//! including another user's master key signed by the caller's user-signing key),
+//! `/keys/claim`, `/keys/device_signing/upload` (first upload without UIA, MSC3967),
+//! `/keys/signatures/upload`, `/sendToDevice/{type}/{txnId}`, `/room_keys/version` and
+//! `/room_keys/keys[/{roomId}]`, global account data (404 for a type never set); in
+//! `/sync`: `to_device`, `device_lists.changed` (a new device, new cross-signing keys,
+//! new signatures, for the user itself and for users sharing a room) and
+//! `device_one_time_keys_count`. The SDK adds `use_state_after=true` to `/sync`.
+//!
 //! The server's URL comes from `GANGLION_URL`. Every wait polls a condition with a
 //! deadline; every request has a client-side timeout and no silent retry.
 
@@ -74,7 +84,7 @@ const SYNC_POLL: Duration = Duration::from_secs(1);
 /// Client-side timeout of every request (a sync gets its poll time on top).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of each test.
-const TEST_DEADLINE: Duration = Duration::from_secs(150);
+const TEST_DEADLINE: Duration = Duration::from_secs(90);
 /// Messages each of alice and bob send in the first test.
 const MESSAGES_PER_SENDER: usize = 50;
 
