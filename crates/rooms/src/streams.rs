@@ -99,6 +99,8 @@ pub struct StreamWriters {
     pub account_data: Arc<StreamWriter>,
     /// Send-to-device.
     pub to_device: Arc<StreamWriter>,
+    /// Device lists (whose devices or cross-signing keys changed).
+    pub device_lists: Arc<StreamWriter>,
     /// Typing (positions only; state lives in [`crate::typing::Typing`]).
     pub typing: Arc<StreamWriter>,
 }
@@ -112,6 +114,9 @@ impl StreamWriters {
                 StreamWriter::new(StreamKind::AccountData, store, bus.clone()).await?,
             ),
             to_device: Arc::new(StreamWriter::new(StreamKind::ToDevice, store, bus.clone()).await?),
+            device_lists: Arc::new(
+                StreamWriter::new(StreamKind::DeviceLists, store, bus.clone()).await?,
+            ),
             typing: Arc::new(StreamWriter::new(StreamKind::Typing, store, bus.clone()).await?),
         })
     }
@@ -122,16 +127,18 @@ impl StreamWriters {
         out.insert(StreamKind::Receipts, self.receipts.position().await);
         out.insert(StreamKind::AccountData, self.account_data.position().await);
         out.insert(StreamKind::ToDevice, self.to_device.position().await);
+        out.insert(StreamKind::DeviceLists, self.device_lists.position().await);
         out.insert(StreamKind::Typing, self.typing.position().await);
         out
     }
 
     /// Committed positions of every stream these writers own, without waiting.
-    pub fn committed(&self) -> [(StreamKind, StreamPos); 3] {
+    pub fn committed(&self) -> [(StreamKind, StreamPos); 4] {
         [
             (StreamKind::Receipts, self.receipts.committed()),
             (StreamKind::AccountData, self.account_data.committed()),
             (StreamKind::ToDevice, self.to_device.committed()),
+            (StreamKind::DeviceLists, self.device_lists.committed()),
         ]
     }
 
@@ -141,6 +148,7 @@ impl StreamWriters {
             &self.receipts,
             &self.account_data,
             &self.to_device,
+            &self.device_lists,
             &self.typing,
         ] {
             w.heartbeat().await;
@@ -169,6 +177,41 @@ impl StreamWriter {
                     stream_id: pos,
                     ..receipt
                 })
+                .await
+                .map_err(crate::storage_error)
+        })
+        .await
+    }
+}
+
+impl StreamWriter {
+    /// Records that the devices (or cross-signing keys) of `users` changed, at the next
+    /// device-list position (the writer must be the device-list stream's), and announces
+    /// it with a row per room each user is joined to, so the long-polls of everyone who
+    /// shares a room with them wake, and a row for the user alone, for their own devices.
+    pub async fn record_device_list_change(
+        &self,
+        store: &Store,
+        users: &[String],
+    ) -> Result<StreamPos, Error> {
+        let mut rows = Vec::new();
+        for user in users {
+            rows.push(Row {
+                user_id: user.clone(),
+                ..Default::default()
+            });
+            let rooms = store
+                .select_user_rooms(user, &["join"])
+                .await
+                .map_err(crate::storage_error)?;
+            rows.extend(rooms.into_iter().map(|(room_id, ..)| Row {
+                room_id,
+                ..Default::default()
+            }));
+        }
+        self.write(rows, |pos| async move {
+            store
+                .insert_device_list_changes(pos, users)
                 .await
                 .map_err(crate::storage_error)
         })

@@ -73,7 +73,8 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Deletes devices and their tokens.
+    /// Deletes devices with their tokens, their end-to-end keys and the send-to-device
+    /// messages waiting for them.
     pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<()> {
         let mut tx = self.begin("delete_devices").await?;
         for device_id in device_ids {
@@ -81,6 +82,10 @@ impl Store {
                 "DELETE FROM devices WHERE user_id = $1 AND device_id = $2",
                 "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
                 "DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2",
+                "DELETE FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2",
+                "DELETE FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2",
+                "DELETE FROM e2e_fallback_keys WHERE user_id = $1 AND device_id = $2",
+                "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2",
             ] {
                 sqlx::query(sql)
                     .bind(user_id)
