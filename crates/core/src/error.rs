@@ -83,6 +83,9 @@ pub enum ErrorKind {
     ThreepidDenied,
     /// `M_UNSUPPORTED_ROOM_VERSION` would not fit; the spec's `M_INVALID_SIGNATURE` (401).
     InvalidSignature,
+    /// `M_INVALID_SIGNATURE` (400): a signed object a client uploaded (a cross-signing key)
+    /// does not carry a valid signature.
+    BadSignature,
     /// The user-interactive authentication response (401 with flows), carried as JSON.
     UiaRequired(Box<serde_json::Value>),
     /// An internal fault: 500 `M_UNKNOWN` "Internal error". The message is logged, never sent.

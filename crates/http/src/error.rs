@@ -67,6 +67,7 @@ pub fn status_and_code(kind: &ErrorKind) -> (StatusCode, &'static str) {
         K::NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
         K::ThreepidDenied => (StatusCode::FORBIDDEN, "M_THREEPID_DENIED"),
         K::InvalidSignature => (StatusCode::UNAUTHORIZED, "M_INVALID_SIGNATURE"),
+        K::BadSignature => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
         K::UiaRequired(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
         K::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         K::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
@@ -161,6 +162,8 @@ mod tests {
             (ErrorKind::MissingParam, 400, "M_MISSING_PARAM"),
             (ErrorKind::InvalidParam, 400, "M_INVALID_PARAM"),
             (ErrorKind::TooLarge, 413, "M_TOO_LARGE"),
+            (ErrorKind::InvalidSignature, 401, "M_INVALID_SIGNATURE"),
+            (ErrorKind::BadSignature, 400, "M_INVALID_SIGNATURE"),
             (ErrorKind::Internal, 500, "M_UNKNOWN"),
             (ErrorKind::Unavailable, 503, "M_UNKNOWN"),
         ];
