@@ -14,7 +14,7 @@ use ganglion_core::{
     time::now_ms,
 };
 use ganglion_http::{AuthState, Identity, RateLimiter};
-use ganglion_rooms::{Rooms, storage_error};
+use ganglion_rooms::{Rooms, storage_error, streams::StreamWriter};
 use ganglion_storage::{
     Store,
     accounts::{NewLogin, UserRow},
@@ -37,6 +37,9 @@ pub(crate) struct Inner {
     pub(crate) auth: AuthConfig,
     pub(crate) registration_limiter: RateLimiter,
     pub(crate) login_limiter: RateLimiter,
+    /// main's device-list writer: deleting or renaming a device changes the list others
+    /// see. `None` in workers, which forward writes to main.
+    pub(crate) device_lists: Option<Arc<StreamWriter>>,
     /// Shared-secret registration nonces and when each was issued. In memory, as Synapse:
     /// a nonce is only good for a minute, so losing them on restart costs nothing.
     pub(crate) nonces: Mutex<HashMap<String, Instant>>,
@@ -54,7 +57,8 @@ impl fmt::Debug for Accounts {
 impl Accounts {
     /// The service over its dependencies. `registration_limiter` is keyed by client IP
     /// and taken once per account created; `login_limiter` by client IP, once per
-    /// `POST /login`.
+    /// `POST /login`. `device_lists` is main's device-list writer (`None` in workers).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         rooms: Rooms,
@@ -63,6 +67,7 @@ impl Accounts {
         auth: AuthConfig,
         registration_limiter: RateLimiter,
         login_limiter: RateLimiter,
+        device_lists: Option<Arc<StreamWriter>>,
     ) -> Accounts {
         Accounts {
             inner: Arc::new(Inner {
@@ -73,6 +78,7 @@ impl Accounts {
                 auth,
                 registration_limiter,
                 login_limiter,
+                device_lists,
                 nonces: Mutex::new(HashMap::new()),
             }),
         }

@@ -74,7 +74,21 @@ impl Accounts {
             .update_device_name(user.as_str(), device_id.as_str(), Some(name))
             .await
             .map_err(storage_error)?;
-        if found { Ok(()) } else { Err(unknown_device()) }
+        if !found {
+            return Err(unknown_device());
+        }
+        self.device_list_changed(user).await
+    }
+
+    /// Announces that `user`'s device list changed (a device went or was renamed), so
+    /// everyone who shares a room with them refetches their keys.
+    pub(crate) async fn device_list_changed(&self, user: &UserId) -> Result<()> {
+        if let Some(writer) = &self.inner.device_lists {
+            writer
+                .record_device_list_change(&self.inner.store, &[user.to_string()])
+                .await?;
+        }
+        Ok(())
     }
 
     /// `DELETE /devices/{deviceId}`: after UIA, the device and its tokens go. An id the
@@ -119,6 +133,7 @@ impl Accounts {
             .delete_devices(who.user_id.as_str(), &ids)
             .await
             .map_err(storage_error)?;
+        self.device_list_changed(&who.user_id).await?;
         self.finish_uia(&completed).await
     }
 }

@@ -145,7 +145,8 @@ impl Accounts {
             .store
             .delete_devices(who.user_id.as_str(), &[who.device_id.to_string()])
             .await
-            .map_err(storage_error)
+            .map_err(storage_error)?;
+        self.device_list_changed(&who.user_id).await
     }
 
     /// `POST /logout/all`: every device and token of the user.
@@ -172,6 +173,9 @@ impl Accounts {
             .delete_devices(user.as_str(), &doomed)
             .await
             .map_err(storage_error)?;
+        if !doomed.is_empty() {
+            self.device_list_changed(user).await?;
+        }
         // Tokens whose device row is missing (none are written that way, but be thorough).
         store
             .delete_user_tokens(user.as_str(), keep.map(ruma::DeviceId::as_str))

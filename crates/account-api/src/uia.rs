@@ -235,6 +235,21 @@ impl Accounts {
 
     /// Forgets a session whose operation has succeeded, so it cannot be replayed. (A
     /// session completed in its first request was never written; deleting it is a no-op.)
+    /// Requires password user-interactive auth of `user` for `operation` (for endpoints of
+    /// other crates, e.g. replacing cross-signing keys): `Ok` once the password stage is
+    /// complete, else the 401 challenge.
+    pub async fn authorize_with_password(
+        &self,
+        operation: &str,
+        user: &UserId,
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        let completed = self
+            .user_interactive_auth(operation, Some(user), &password_flows(), auth)
+            .await?;
+        self.finish_uia(&completed).await
+    }
+
     pub(crate) async fn finish_uia(&self, completed: &Completed) -> Result<()> {
         self.inner
             .store
