@@ -7,16 +7,34 @@
 //! Depends on `core`, `storage`, `bus`, `rooms` (stream writers), `http` and
 //! `account-api` (user-interactive auth for replacing cross-signing keys). Holds no SQL:
 //! every statement is a `Store` method. Must NOT know about `/sync` (the sync crate reads
-//! what these services write) or the federation listener.
+//! what these services write, and serves `/keys/changes` beside `/sync`) or the
+//! federation listener.
+
+pub mod keys;
+mod routes;
+pub mod signing;
+pub mod to_device;
 
 use axum::Router;
+use ganglion_account_api::Accounts;
+
+pub use keys::Keys;
+pub use to_device::ToDevice;
 
 /// The state every e2ee handler receives.
 #[derive(Clone, Debug)]
-pub struct E2eeApi {}
+pub struct E2eeApi {
+    /// Device, one-time, fallback and cross-signing keys.
+    pub keys: Keys,
+    /// Send-to-device messages.
+    pub to_device: ToDevice,
+    /// User-interactive auth (replacing cross-signing keys).
+    pub accounts: Accounts,
+}
 
 /// Every e2ee route, with state applied.
 pub fn router(api: E2eeApi) -> Router {
     let r = Router::new();
+    let r = routes::routes(r);
     r.with_state(api)
 }

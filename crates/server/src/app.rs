@@ -248,12 +248,26 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     let accounts = Accounts::new(
         store.clone(),
         rooms.clone(),
-        server_name,
+        server_name.clone(),
         config.registration.clone(),
         config.auth.clone(),
         RateLimiter::new(limit(config.rate_limits.registration)),
         RateLimiter::new(limit(config.rate_limits.login)),
+        Some(writers.device_lists.clone()),
     );
+    let e2ee = ganglion_e2ee::E2eeApi {
+        keys: ganglion_e2ee::Keys::new(
+            store.clone(),
+            server_name.clone(),
+            writers.device_lists.clone(),
+        ),
+        to_device: ganglion_e2ee::ToDevice::new(
+            store.clone(),
+            server_name,
+            writers.to_device.clone(),
+        ),
+        accounts: accounts.clone(),
+    };
     let sync = SyncService::new(store.clone(), rooms, notifier, Some(writers.clone()));
     let accounts_for_cli = accounts.clone();
     let bus_handle = bus.clone();
@@ -263,7 +277,8 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     let routes = Router::new()
         .merge(ganglion_client_api::router(client))
         .merge(ganglion_sync::router(sync))
-        .merge(ganglion_account_api::router(accounts.clone()));
+        .merge(ganglion_account_api::router(accounts.clone()))
+        .merge(ganglion_e2ee::router(e2ee));
     // The internal listener serves the same routes behind the secret; the address a
     // worker forwards is the client's.
     let internal = match (config.listeners.internal, &config.cluster.internal_secret) {

@@ -109,6 +109,7 @@ pub async fn build_worker(
         config.auth.clone(),
         RateLimiter::new(limit(config.rate_limits.registration)),
         RateLimiter::new(limit(config.rate_limits.login)),
+        None,
     );
     let routes = if role == crate::run::Role::Sync {
         let sync = SyncService::new(store.clone(), rooms.clone(), notifier, None);

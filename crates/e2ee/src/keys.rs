@@ -1,0 +1,331 @@
+//! Device keys and one-time keys: `/keys/upload`, `/keys/query`, `/keys/claim` and
+//! `/keys/changes` (spec: Client-Server API, "End-to-End Encryption", "Key management
+//! API").
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ganglion_core::{Error, Result};
+use ganglion_rooms::{storage_error, streams::StreamWriter};
+use ganglion_storage::Store;
+use ruma::{
+    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedServerName, OwnedUserId, UInt,
+    UserId,
+    encryption::{DeviceKeys, OneTimeKey},
+    serde::Raw,
+};
+use serde_json::{Map, Value};
+
+use crate::signing::{merge_signatures, parse_object};
+
+/// What `/keys/query` answers, before it becomes ruma's response.
+#[derive(Debug, Default)]
+pub struct QueryResult {
+    /// `device_keys`: user → device → signed keys (with `unsigned.device_display_name`).
+    pub device_keys: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Value>>,
+    /// `master_keys`.
+    pub master_keys: BTreeMap<OwnedUserId, Value>,
+    /// `self_signing_keys`.
+    pub self_signing_keys: BTreeMap<OwnedUserId, Value>,
+    /// `user_signing_keys` (the requester's own only).
+    pub user_signing_keys: BTreeMap<OwnedUserId, Value>,
+    /// `failures`: server → error.
+    pub failures: BTreeMap<String, Value>,
+}
+
+/// Claimed keys: user → device → key id → key.
+pub type Claimed = BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<String, Value>>>;
+
+/// The key service. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    store: Store,
+    server_name: OwnedServerName,
+    device_lists: Arc<StreamWriter>,
+}
+
+impl Keys {
+    /// The service over its dependencies; `device_lists` is main's device-list writer.
+    pub fn new(
+        store: Store,
+        server_name: OwnedServerName,
+        device_lists: Arc<StreamWriter>,
+    ) -> Keys {
+        Keys {
+            store,
+            server_name,
+            device_lists,
+        }
+    }
+
+    /// The database (for the services of this crate that share it).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The device-list writer.
+    pub(crate) fn device_lists(&self) -> &StreamWriter {
+        &self.device_lists
+    }
+
+    /// Whether `user` is one of ours.
+    pub(crate) fn is_local(&self, user: &UserId) -> bool {
+        user.server_name() == self.server_name
+    }
+
+    /// `POST /keys/upload`: stores the device's identity keys, one-time keys and fallback
+    /// keys, and answers the counts of one-time keys left. Device keys must name the
+    /// caller and their device; a one-time key id already stored with other content
+    /// refuses the whole upload (400 `M_UNKNOWN`, as Synapse) and nothing is stored.
+    pub async fn upload(
+        &self,
+        user: &UserId,
+        device: &ruma::DeviceId,
+        device_keys: Option<&Raw<DeviceKeys>>,
+        one_time_keys: &BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
+        fallback_keys: &BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
+    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
+        let device_keys = match device_keys {
+            Some(raw) => Some(check_device_keys(raw, user, device)?),
+            None => None,
+        };
+        let otks = new_keys(one_time_keys)?;
+        let fallbacks = new_keys(fallback_keys)?;
+        let (user_id, device_id) = (user.as_str(), device.as_str());
+        if !otks.is_empty() {
+            self.store
+                .insert_one_time_keys(user_id, device_id, &otks)
+                .await
+                .map_err(|e| match e {
+                    ganglion_storage::Error::Conflict(key) => Error::unknown(format!(
+                        "One time key {key} already exists with different content"
+                    )),
+                    other => storage_error(other),
+                })?;
+        }
+        if !fallbacks.is_empty() {
+            self.store
+                .upsert_fallback_keys(user_id, device_id, &fallbacks)
+                .await
+                .map_err(storage_error)?;
+        }
+        if let Some(json) = device_keys {
+            let changed = self
+                .store
+                .upsert_device_keys(user_id, device_id, &json)
+                .await
+                .map_err(storage_error)?;
+            if changed {
+                self.device_lists
+                    .record_device_list_change(&self.store, &[user_id.to_owned()])
+                    .await?;
+            }
+        }
+        self.one_time_key_counts(user_id, device_id).await
+    }
+
+    /// How many one-time keys a device has left, per algorithm.
+    pub async fn one_time_key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
+        let rows = self
+            .store
+            .count_one_time_keys(user_id, device_id)
+            .await
+            .map_err(storage_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(alg, n)| {
+                (
+                    OneTimeKeyAlgorithm::from(alg.as_str()),
+                    UInt::try_from(n).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    /// `POST /keys/query` for `requester`: the device keys and cross-signing keys of the
+    /// users asked for (an empty device list means every device). Signatures uploaded on
+    /// a user's keys are merged in; a signature made with someone else's user-signing key
+    /// only when the requester made it. Users of other servers get a `failures` entry
+    /// for their server until keys are fetched over federation.
+    pub async fn query(
+        &self,
+        requester: &UserId,
+        wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> Result<QueryResult> {
+        let mut out = QueryResult::default();
+        let mut local = Vec::new();
+        for user in wanted.keys() {
+            if self.is_local(user) {
+                local.push(user.to_string());
+            } else {
+                out.failures.insert(
+                    user.server_name().to_string(),
+                    serde_json::json!({ "status": 503, "message": "Not ready for retry" }),
+                );
+            }
+        }
+        if local.is_empty() {
+            return Ok(out);
+        }
+        let signatures = self
+            .store
+            .select_signatures(&local)
+            .await
+            .map_err(storage_error)?;
+        let rows = self
+            .store
+            .select_device_keys(&local)
+            .await
+            .map_err(storage_error)?;
+        for row in rows {
+            let Ok(user) = OwnedUserId::try_from(row.user_id.as_str()) else {
+                continue;
+            };
+            let device = OwnedDeviceId::from(row.device_id.as_str());
+            let only = wanted.get(&user).map_or(&[][..], Vec::as_slice);
+            if !only.is_empty() && !only.contains(&device) {
+                continue;
+            }
+            let mut keys = parse_object("e2e_device_keys", &row.key_json)?;
+            merge_signatures(
+                &mut keys,
+                &signatures,
+                &row.user_id,
+                &row.device_id,
+                requester,
+            );
+            if let Some(name) = row.display_name {
+                let unsigned = keys
+                    .entry("unsigned")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(u) = unsigned {
+                    u.insert("device_display_name".into(), Value::String(name));
+                }
+            }
+            out.device_keys
+                .entry(user)
+                .or_default()
+                .insert(device, Value::Object(keys));
+        }
+        let cross = self
+            .store
+            .select_cross_signing_keys(&local)
+            .await
+            .map_err(storage_error)?;
+        for (user_id, key_type, json) in cross {
+            let Ok(user) = OwnedUserId::try_from(user_id.as_str()) else {
+                continue;
+            };
+            let mut key = parse_object("e2e_cross_signing_keys", &json)?;
+            if let Some(public) = crate::signing::public_key_id(&key) {
+                merge_signatures(&mut key, &signatures, &user_id, &public, requester);
+            }
+            let key = Value::Object(key);
+            match key_type.as_str() {
+                "master" => {
+                    out.master_keys.insert(user, key);
+                }
+                "self_signing" => {
+                    out.self_signing_keys.insert(user, key);
+                }
+                "user_signing" if user == requester => {
+                    out.user_signing_keys.insert(user, key);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// `POST /keys/claim`: one key per (user, device) of the algorithm asked for, a
+    /// one-time key if any is left (handed out once, then gone), else the fallback key.
+    /// An algorithm that is not a one-time key algorithm is refused with 400
+    /// `M_INVALID_PARAM` before anything is claimed.
+    pub async fn claim(
+        &self,
+        wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    ) -> Result<(Claimed, BTreeMap<String, Value>)> {
+        for devices in wanted.values() {
+            for alg in devices.values() {
+                if !matches!(alg, OneTimeKeyAlgorithm::SignedCurve25519) {
+                    return Err(Error::invalid_param(format!(
+                        "unknown one-time key algorithm {alg}"
+                    )));
+                }
+            }
+        }
+        let mut claimed = Claimed::new();
+        let mut failures = BTreeMap::new();
+        for (user, devices) in wanted {
+            if !self.is_local(user) {
+                failures.insert(
+                    user.server_name().to_string(),
+                    serde_json::json!({ "status": 503, "message": "Not ready for retry" }),
+                );
+                continue;
+            }
+            for (device, alg) in devices {
+                let key = self
+                    .store
+                    .claim_key(user.as_str(), device.as_str(), alg.as_str())
+                    .await
+                    .map_err(storage_error)?;
+                if let Some((key_id, json)) = key {
+                    let value: Value = serde_json::from_str(&json)
+                        .map_err(|e| Error::internal(format!("e2e key: {e}")))?;
+                    claimed
+                        .entry(user.clone())
+                        .or_default()
+                        .entry(device.clone())
+                        .or_default()
+                        .insert(format!("{alg}:{key_id}"), value);
+                }
+            }
+        }
+        Ok((claimed, failures))
+    }
+}
+
+/// Checks uploaded device keys: they must be an object naming the caller and their
+/// device. Returns the JSON text to store, as sent.
+fn check_device_keys(
+    raw: &Raw<DeviceKeys>,
+    user: &UserId,
+    device: &ruma::DeviceId,
+) -> Result<String> {
+    let keys: DeviceKeys = raw
+        .deserialize()
+        .map_err(|e| Error::bad_json(format!("device_keys: {e}")))?;
+    if keys.user_id != user {
+        return Err(Error::invalid_param(
+            "device_keys.user_id must be the authenticated user",
+        ));
+    }
+    if keys.device_id != device {
+        return Err(Error::invalid_param(
+            "device_keys.device_id must be the authenticated device",
+        ));
+    }
+    Ok(raw.json().get().to_owned())
+}
+
+/// One-time or fallback keys as rows: (algorithm, key id, JSON as sent). Each key must be
+/// a JSON object (a signed key) or a string (an unsigned curve25519 key).
+fn new_keys(
+    keys: &BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
+) -> Result<Vec<ganglion_storage::e2e_keys::NewKey>> {
+    keys.iter()
+        .map(|(id, raw)| {
+            raw.deserialize()
+                .map_err(|e| Error::bad_json(format!("one-time key {id}: {e}")))?;
+            Ok((
+                id.algorithm().to_string(),
+                id.key_name().to_string(),
+                raw.json().get().to_owned(),
+            ))
+        })
+        .collect()
+}
