@@ -12,7 +12,11 @@ use ganglion_rooms::{
 use ganglion_storage::{Store, events::EventRow};
 use serde_json::{Map, Value, json, value::RawValue};
 
-use crate::{filter::SyncFilter, notifier::Notifier};
+use crate::{
+    e2ee::{e2ee_sections, key_counts},
+    filter::SyncFilter,
+    notifier::Notifier,
+};
 
 /// One sync's inputs.
 pub struct SyncRequest<'a> {
@@ -349,47 +353,28 @@ impl SyncService {
             }
         }
 
-        // Send-to-device.
-        // Everything at or below the client's token was deleted when it acknowledged it.
-        let to_device = if moved(StreamKind::ToDevice) {
-            self.store
-                .select_to_device(
-                    req.user_id,
-                    req.device_id,
-                    now.get(StreamKind::ToDevice).0,
-                    100,
-                )
-                .await
-                .map_err(storage_error)?
-        } else {
-            Vec::new()
-        };
-        let to_device_upto = if to_device.len() == 100 {
-            to_device
-                .last()
-                .map_or(now.get(StreamKind::ToDevice).0, |t| t.0)
-        } else {
-            now.get(StreamKind::ToDevice).0
-        };
-        let to_device_events: Vec<Value> = to_device
-            .into_iter()
-            .map(|(_, sender, kind, content)| {
-                json!({ "sender": sender, "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() })
-            })
-            .collect();
+        let e2ee = e2ee_sections(
+            &self.store,
+            req.user_id,
+            req.device_id,
+            since.as_ref(),
+            &now,
+        )
+        .await?;
+        let to_device_upto = e2ee.to_device_upto;
+        let (key_counts, fallback_types) =
+            key_counts(&self.store, req.user_id, req.device_id).await?;
 
         let is_empty = rooms_body.join.is_empty()
             && rooms_body.invite.is_empty()
             && rooms_body.leave.is_empty()
             && rooms_body.knock.is_empty()
             && global_account.is_empty()
-            && to_device_events.is_empty();
+            && e2ee.is_empty();
         let mut body = Map::new();
         body.insert("account_data".into(), json!({ "events": global_account }));
         body.insert("presence".into(), json!({ "events": [] }));
-        body.insert("to_device".into(), json!({ "events": to_device_events }));
-        body.insert("device_lists".into(), json!({ "changed": [], "left": [] }));
-        body.insert("device_one_time_keys_count".into(), json!({}));
+        e2ee.write_into(&mut body, key_counts, fallback_types);
         let _ = viewer;
         Ok(SyncOutcome {
             body: SyncBody {

@@ -4,6 +4,7 @@
 //! `http`. Writes nothing but to-device acknowledgements.
 
 pub mod compute;
+mod e2ee;
 pub mod filter;
 pub mod notifier;
 
@@ -11,9 +12,12 @@ use std::time::Duration;
 
 use axum::{Json, Router, extract::State};
 use ganglion_core::{Error, StreamKind, SyncToken};
-use ganglion_http::{ApiResult, Authed, route};
+use ganglion_http::{ApiResult, Authed, RumaResponse, route};
 use ganglion_rooms::storage_error;
-use ruma::api::client::{filter::FilterDefinition, sync::sync_events};
+use ruma::{
+    OwnedUserId,
+    api::client::{filter::FilterDefinition, keys::get_key_changes, sync::sync_events},
+};
 use serde_json::Value;
 
 pub use compute::SyncService;
@@ -31,6 +35,7 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 pub fn router(sync: SyncService) -> Router {
     let r = Router::new();
     let r = route::<sync_events::v3::Request, _, _, _>(r, sync_events);
+    let r = route::<get_key_changes::v3::Request, _, _, _>(r, get_key_changes);
     r.with_state(sync)
 }
 
@@ -146,4 +151,29 @@ pub async fn sync_events(
             }
         }
     }
+}
+
+/// `GET /_matrix/client/v3/keys/changes`: the device-list changes between two `/sync`
+/// tokens, as `/sync`'s `device_lists` would report them.
+/// Spec: <https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3keyschanges>
+pub async fn get_key_changes(
+    State(sync): State<SyncService>,
+    req: Authed<get_key_changes::v3::Request>,
+) -> ApiResult<RumaResponse<get_key_changes::v3::Response>> {
+    let token = |s: &str| {
+        s.parse::<SyncToken>()
+            .map_err(|_| Error::invalid_param(format!("not a sync token: {s}")))
+    };
+    let (from, to) = (token(&req.body.from)?, token(&req.body.to)?);
+    let (changed, left) =
+        e2ee::device_list_delta(sync.store(), req.user().as_str(), &from, &to).await?;
+    let ids = |v: std::collections::BTreeSet<String>| -> Vec<OwnedUserId> {
+        v.into_iter()
+            .filter_map(|u| OwnedUserId::try_from(u).ok())
+            .collect()
+    };
+    Ok(RumaResponse(get_key_changes::v3::Response::new(
+        ids(changed),
+        ids(left),
+    )))
 }

@@ -97,7 +97,7 @@ impl Notifier {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // What was committed at the previous check: it must be applied by now.
-            let mut previous: Option<[(StreamKind, i64); 4]> = None;
+            let mut previous: Option<[(StreamKind, i64); 5]> = None;
             let mut forced = 0u64;
             loop {
                 tokio::select! {
