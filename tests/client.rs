@@ -130,6 +130,25 @@ impl Client {
         self
     }
 
+    /// Logs in as `user_id` with a password: a new device. Returns the logged-in client.
+    pub async fn login(mut self, user_id: &str, password: &str) -> Client {
+        let done = self
+            .post(
+                "/_matrix/client/v3/login",
+                json!({
+                    "type": "m.login.password",
+                    "identifier": { "type": "m.id.user", "user": user_id },
+                    "password": password,
+                }),
+            )
+            .await
+            .ok();
+        self.token = Some(done["access_token"].as_str().expect("token").to_owned());
+        self.user_id = done["user_id"].as_str().expect("user id").to_owned();
+        self.device_id = done["device_id"].as_str().expect("device id").to_owned();
+        self
+    }
+
     /// Creates a room and returns its id.
     pub async fn create_room(&self, body: Value) -> String {
         let r = self.post("/_matrix/client/v3/createRoom", body).await.ok();

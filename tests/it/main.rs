@@ -8,6 +8,7 @@ mod admin;
 mod bad_input;
 mod crash;
 mod discovery;
+mod e2ee;
 mod features;
 mod federation;
 mod federation_reads;
