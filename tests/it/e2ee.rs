@@ -47,6 +47,11 @@ impl Key {
     }
 }
 
+/// `text` as unpadded base64: what clients put in a key's `key` field.
+fn b64(text: &str) -> String {
+    Base64::<ruma::serde::base64::Standard>::new(text.as_bytes().to_vec()).encode()
+}
+
 /// Device keys for `c`'s device, signed by the device's own ed25519 key.
 fn device_keys(c: &Client, key: &Key) -> Value {
     let mut keys = json!({
@@ -66,7 +71,7 @@ fn device_keys(c: &Client, key: &Key) -> Value {
 fn one_time_keys(c: &Client, key: &Key, prefix: &str, n: usize) -> Value {
     let mut out = serde_json::Map::new();
     for i in 0..n {
-        let mut k = json!({ "key": format!("otk-{prefix}{i}") });
+        let mut k = json!({ "key": b64(&format!("otk-{prefix}{i}")) });
         key.sign(&c.user_id, &mut k);
         out.insert(format!("signed_curve25519:{prefix}{i}"), k);
     }
@@ -104,7 +109,7 @@ async fn keys_upload_query_and_claim(b: Backend) {
     let bob = srv.user("bob").await;
     let key = Key::new(Some(&alice.device_id));
     let keys = device_keys(&alice, &key);
-    let mut fallback = json!({ "key": "fallback-key", "fallback": true });
+    let mut fallback = json!({ "key": b64("fallback-key"), "fallback": true });
     key.sign(&alice.user_id, &mut fallback);
     let up = alice
         .post(
@@ -208,7 +213,7 @@ async fn keys_upload_query_and_claim(b: Backend) {
         assert_eq!(claimed_ids(&c, &alice), ["signed_curve25519:F1"], "{c}");
         assert_eq!(
             c["one_time_keys"][&alice.user_id][&alice.device_id]["signed_curve25519:F1"]["key"],
-            json!("fallback-key")
+            json!(b64("fallback-key"))
         );
     }
     let s = alice.sync(None, 0).await;
@@ -231,7 +236,7 @@ async fn concurrent_claims_take_each_key_once(b: Backend) {
     let srv = TestServer::start(b).await;
     let alice = srv.user("alice").await;
     let key = Key::new(Some(&alice.device_id));
-    let mut fallback = json!({ "key": "fb" });
+    let mut fallback = json!({ "key": b64("fb") });
     key.sign(&alice.user_id, &mut fallback);
     alice
         .post(
@@ -309,7 +314,7 @@ async fn bad_key_input_is_refused(b: Backend) {
         .await
         .ok();
     let mut changed = one_time_keys(&alice, &key, "X", 3);
-    changed["signed_curve25519:X1"]["key"] = json!("something else");
+    changed["signed_curve25519:X1"]["key"] = json!(b64("something else"));
     upload(json!({ "one_time_keys": changed }))
         .await
         .expect_err(400, "M_UNKNOWN");
