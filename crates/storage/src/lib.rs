@@ -20,6 +20,7 @@ pub mod backfill;
 pub mod cluster;
 pub mod devices;
 pub mod events;
+pub mod key_backup;
 mod migrate;
 pub mod openid;
 pub mod receipts;
