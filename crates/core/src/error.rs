@@ -83,6 +83,12 @@ pub enum ErrorKind {
     ThreepidDenied,
     /// `M_UNSUPPORTED_ROOM_VERSION` would not fit; the spec's `M_INVALID_SIGNATURE` (401).
     InvalidSignature,
+    /// `M_WRONG_ROOM_KEYS_VERSION` (403): a key backup write named a version that is not
+    /// the current one (spec: "Server-side key backups").
+    WrongRoomKeysVersion {
+        /// The user's current backup version, sent back as `current_version`.
+        current_version: String,
+    },
     /// The user-interactive authentication response (401 with flows), carried as JSON.
     UiaRequired(Box<serde_json::Value>),
     /// An internal fault: 500 `M_UNKNOWN` "Internal error". The message is logged, never sent.
