@@ -27,7 +27,10 @@ fn lower_index(old: &RoomKeyRow, new: &RoomKeyRow) -> bool {
 
 async fn backup_versions_are_per_user_and_never_reused(s: &Store) {
     assert_eq!(s.select_backup_version("@a:x", None).await.unwrap(), None);
-    assert_eq!(s.insert_backup_version("@a:x", "alg", "{}").await.unwrap(), 1);
+    assert_eq!(
+        s.insert_backup_version("@a:x", "alg", "{}").await.unwrap(),
+        1
+    );
     assert_eq!(
         s.insert_backup_version("@a:x", "alg", r#"{"k":1}"#)
             .await
@@ -35,14 +38,25 @@ async fn backup_versions_are_per_user_and_never_reused(s: &Store) {
         2
     );
     assert_eq!(
-        s.insert_backup_version("@b:x", "other", "{}").await.unwrap(),
+        s.insert_backup_version("@b:x", "other", "{}")
+            .await
+            .unwrap(),
         1,
         "another user's versions start at 1"
     );
 
-    let latest = s.select_backup_version("@a:x", None).await.unwrap().unwrap();
+    let latest = s
+        .select_backup_version("@a:x", None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        (latest.version, latest.auth_data.as_str(), latest.etag, latest.count),
+        (
+            latest.version,
+            latest.auth_data.as_str(),
+            latest.etag,
+            latest.count
+        ),
         (2, r#"{"k":1}"#, 0, 0)
     );
     let first = s
@@ -51,7 +65,10 @@ async fn backup_versions_are_per_user_and_never_reused(s: &Store) {
         .unwrap()
         .unwrap();
     assert_eq!((first.version, first.algorithm.as_str()), (1, "alg"));
-    assert_eq!(s.select_backup_version("@a:x", Some(9)).await.unwrap(), None);
+    assert_eq!(
+        s.select_backup_version("@a:x", Some(9)).await.unwrap(),
+        None
+    );
 
     assert!(
         s.update_backup_auth_data("@a:x", 1, r#"{"new":true}"#)
@@ -71,7 +88,10 @@ async fn backup_versions_are_per_user_and_never_reused(s: &Store) {
         !s.delete_backup_version("@a:x", 2).await.unwrap(),
         "a deleted version is gone"
     );
-    assert_eq!(s.select_backup_version("@a:x", Some(2)).await.unwrap(), None);
+    assert_eq!(
+        s.select_backup_version("@a:x", Some(2)).await.unwrap(),
+        None
+    );
     assert!(!s.update_backup_auth_data("@a:x", 2, "{}").await.unwrap());
     assert_eq!(
         s.select_backup_version("@a:x", None)
@@ -126,16 +146,26 @@ async fn room_keys_follow_the_rule_and_raise_the_etag(s: &Store) {
     );
     // A worse key changes nothing, not even the etag.
     assert_eq!(
-        s.upsert_room_keys("@a:x", 2, &[key("!r:x", "s1", 9, true, "worse")], lower_index)
-            .await
-            .unwrap(),
+        s.upsert_room_keys(
+            "@a:x",
+            2,
+            &[key("!r:x", "s1", 9, true, "worse")],
+            lower_index
+        )
+        .await
+        .unwrap(),
         KeysWrite::Done { etag: 1, count: 3 }
     );
     // A better one replaces it, and the etag moves.
     assert_eq!(
-        s.upsert_room_keys("@a:x", 2, &[key("!r:x", "s1", 1, true, "better")], lower_index)
-            .await
-            .unwrap(),
+        s.upsert_room_keys(
+            "@a:x",
+            2,
+            &[key("!r:x", "s1", 1, true, "better")],
+            lower_index
+        )
+        .await
+        .unwrap(),
         KeysWrite::Done { etag: 2, count: 3 }
     );
     let one = s
@@ -144,10 +174,7 @@ async fn room_keys_follow_the_rule_and_raise_the_etag(s: &Store) {
         .unwrap();
     assert_eq!(one, vec![key("!r:x", "s1", 1, true, "better")]);
 
-    let all = s
-        .select_room_keys("@a:x", 2, KeyScope::All)
-        .await
-        .unwrap();
+    let all = s.select_room_keys("@a:x", 2, KeyScope::All).await.unwrap();
     let ids: Vec<(&str, &str)> = all
         .iter()
         .map(|k| (k.room_id.as_str(), k.session_id.as_str()))
@@ -173,7 +200,11 @@ async fn room_keys_follow_the_rule_and_raise_the_etag(s: &Store) {
             .is_empty(),
         "keys are the owner's"
     );
-    let info = s.select_backup_version("@a:x", None).await.unwrap().unwrap();
+    let info = s
+        .select_backup_version("@a:x", None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((info.etag, info.count), (2, 3));
 
     // Deletes at each level; each raises the etag. Old versions may be deleted from.
