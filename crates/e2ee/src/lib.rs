@@ -9,14 +9,20 @@
 //! every statement is a `Store` method. Must NOT know about `/sync` (the sync crate reads
 //! what these services write) or the federation listener.
 
+pub mod backup;
+
 use axum::Router;
 
 /// The state every e2ee handler receives.
 #[derive(Clone, Debug)]
-pub struct E2eeApi {}
+pub struct E2eeApi {
+    /// Server-side key backups.
+    pub backup: backup::Backup,
+}
 
 /// Every e2ee route, with state applied.
 pub fn router(api: E2eeApi) -> Router {
     let r = Router::new();
+    let r = backup::routes(r);
     r.with_state(api)
 }
