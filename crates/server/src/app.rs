@@ -14,6 +14,7 @@ use ganglion_account_api::Accounts;
 use ganglion_bus::Bus;
 use ganglion_client_api::{ClientApi, ClientConfig, Ephemeral, UserData};
 use ganglion_core::{Error, ErrorKind, config::Config};
+use ganglion_e2ee::{E2eeApi, backup::Backup};
 use ganglion_http::{ApiError, BodyLimit, ClientIp, RateLimiter};
 use ganglion_rooms::{Persister, Rooms, ServerKey, streams::StreamWriters, typing::Typing};
 use ganglion_storage::Store;
@@ -263,7 +264,10 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     let routes = Router::new()
         .merge(ganglion_client_api::router(client))
         .merge(ganglion_sync::router(sync))
-        .merge(ganglion_account_api::router(accounts.clone()));
+        .merge(ganglion_account_api::router(accounts.clone()))
+        .merge(ganglion_e2ee::router(E2eeApi {
+            backup: Backup::new(store.clone()),
+        }));
     // The internal listener serves the same routes behind the secret; the address a
     // worker forwards is the client's.
     let internal = match (config.listeners.internal, &config.cluster.internal_secret) {
