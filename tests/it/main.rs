@@ -11,6 +11,7 @@ mod discovery;
 mod features;
 mod federation;
 mod federation_reads;
+mod key_backup;
 mod operations;
 mod rooms;
 mod split;
