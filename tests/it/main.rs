@@ -12,6 +12,7 @@ mod e2ee;
 mod features;
 mod federation;
 mod federation_reads;
+mod key_backup;
 mod operations;
 mod rooms;
 mod split;

@@ -86,6 +86,12 @@ pub enum ErrorKind {
     /// `M_INVALID_SIGNATURE` (400): a signed object a client uploaded (a cross-signing key)
     /// does not carry a valid signature.
     BadSignature,
+    /// `M_WRONG_ROOM_KEYS_VERSION` (403): a key backup write named a version that is not
+    /// the current one (spec: "Server-side key backups").
+    WrongRoomKeysVersion {
+        /// The user's current backup version, sent back as `current_version`.
+        current_version: String,
+    },
     /// The user-interactive authentication response (401 with flows), carried as JSON.
     UiaRequired(Box<serde_json::Value>),
     /// An internal fault: 500 `M_UNKNOWN` "Internal error". The message is logged, never sent.

@@ -10,6 +10,7 @@
 //! what these services write, and serves `/keys/changes` beside `/sync`) or the
 //! federation listener.
 
+pub mod backup;
 pub mod keys;
 mod routes;
 pub mod signing;
@@ -30,11 +31,14 @@ pub struct E2eeApi {
     pub to_device: ToDevice,
     /// User-interactive auth (replacing cross-signing keys).
     pub accounts: Accounts,
+    /// Server-side key backups.
+    pub backup: backup::Backup,
 }
 
 /// Every e2ee route, with state applied.
 pub fn router(api: E2eeApi) -> Router {
     let r = Router::new();
     let r = routes::routes(r);
+    let r = backup::routes(r);
     r.with_state(api)
 }

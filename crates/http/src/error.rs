@@ -68,6 +68,7 @@ pub fn status_and_code(kind: &ErrorKind) -> (StatusCode, &'static str) {
         K::ThreepidDenied => (StatusCode::FORBIDDEN, "M_THREEPID_DENIED"),
         K::InvalidSignature => (StatusCode::UNAUTHORIZED, "M_INVALID_SIGNATURE"),
         K::BadSignature => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
+        K::WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
         K::UiaRequired(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
         K::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         K::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
@@ -82,6 +83,9 @@ pub fn error_body(e: &Error) -> Value {
         ErrorKind::Internal => json!({ "errcode": code, "error": "Internal error" }),
         ErrorKind::UnknownToken { soft_logout } => {
             json!({ "errcode": code, "error": e.message, "soft_logout": soft_logout })
+        }
+        ErrorKind::WrongRoomKeysVersion { current_version } => {
+            json!({ "errcode": code, "error": e.message, "current_version": current_version })
         }
         ErrorKind::LimitExceeded { retry_after } => {
             let mut body = json!({ "errcode": code, "error": e.message });
@@ -164,6 +168,13 @@ mod tests {
             (ErrorKind::TooLarge, 413, "M_TOO_LARGE"),
             (ErrorKind::InvalidSignature, 401, "M_INVALID_SIGNATURE"),
             (ErrorKind::BadSignature, 400, "M_INVALID_SIGNATURE"),
+            (
+                ErrorKind::WrongRoomKeysVersion {
+                    current_version: "2".into(),
+                },
+                403,
+                "M_WRONG_ROOM_KEYS_VERSION",
+            ),
             (ErrorKind::Internal, 500, "M_UNKNOWN"),
             (ErrorKind::Unavailable, 503, "M_UNKNOWN"),
         ];
@@ -184,6 +195,17 @@ mod tests {
             "slow down",
         );
         assert_eq!(error_body(&e)["retry_after_ms"], json!(1500));
+        let e = Error::new(
+            ErrorKind::WrongRoomKeysVersion {
+                current_version: "2".into(),
+            },
+            "Wrong room_keys version",
+        );
+        assert_eq!(error_body(&e)["current_version"], json!("2"));
+        assert_eq!(
+            error_body(&e)["errcode"],
+            json!("M_WRONG_ROOM_KEYS_VERSION")
+        );
         let e = Error::internal("db exploded at row 7");
         assert_eq!(error_body(&e)["error"], json!("Internal error"));
     }

@@ -14,6 +14,7 @@ use ganglion_account_api::Accounts;
 use ganglion_bus::Bus;
 use ganglion_client_api::{ClientApi, ClientConfig, Ephemeral, UserData};
 use ganglion_core::{Error, ErrorKind, config::Config};
+use ganglion_e2ee::{E2eeApi, Keys, ToDevice, backup::Backup};
 use ganglion_http::{ApiError, BodyLimit, ClientIp, RateLimiter};
 use ganglion_rooms::{Persister, Rooms, ServerKey, streams::StreamWriters, typing::Typing};
 use ganglion_storage::Store;
@@ -255,18 +256,15 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         RateLimiter::new(limit(config.rate_limits.login)),
         Some(writers.device_lists.clone()),
     );
-    let e2ee = ganglion_e2ee::E2eeApi {
-        keys: ganglion_e2ee::Keys::new(
+    let e2ee = E2eeApi {
+        keys: Keys::new(
             store.clone(),
             server_name.clone(),
             writers.device_lists.clone(),
         ),
-        to_device: ganglion_e2ee::ToDevice::new(
-            store.clone(),
-            server_name,
-            writers.to_device.clone(),
-        ),
+        to_device: ToDevice::new(store.clone(), server_name, writers.to_device.clone()),
         accounts: accounts.clone(),
+        backup: Backup::new(store.clone()),
     };
     let sync = SyncService::new(store.clone(), rooms, notifier, Some(writers.clone()));
     let accounts_for_cli = accounts.clone();

@@ -22,6 +22,7 @@ pub mod device_lists;
 pub mod devices;
 pub mod e2e_keys;
 pub mod events;
+pub mod key_backup;
 mod migrate;
 pub mod openid;
 pub mod receipts;

@@ -54,6 +54,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../../migrations/postgres/0007_e2ee.sql"),
         include_str!("../../../migrations/sqlite/0007_e2ee.sql"),
     ),
+    (
+        8,
+        "key_backup",
+        include_str!("../../../migrations/postgres/0008_key_backup.sql"),
+        include_str!("../../../migrations/sqlite/0008_key_backup.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.
