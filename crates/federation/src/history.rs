@@ -6,13 +6,10 @@
 
 use ganglion_core::{Error, Result};
 use ganglion_rooms::backfill::{EventsFuture, RemoteHistory};
-use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomVersionId,
-    room_version_rules::RoomVersionRules, signatures::Verified,
-};
+use ruma::{OwnedRoomId, RoomVersionId, room_version_rules::RoomVersionRules};
 use serde_json::Value;
 
-use crate::{client::FederationClient, keys::KeyRing, pdu};
+use ganglion_federation_client::{FederationClient, KeyRing};
 
 /// Fetches history through the outbound client.
 #[derive(Debug, Clone)]
@@ -23,7 +20,7 @@ pub struct History {
     pub keys: KeyRing,
 }
 
-type Events = Vec<(OwnedEventId, CanonicalJsonObject)>;
+use ganglion_federation_client::pdu::{Events, checked_pdus};
 
 impl RemoteHistory for History {
     fn backfill(
@@ -113,45 +110,4 @@ fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
     version
         .rules()
         .ok_or_else(|| Error::internal(format!("room version {version} is not supported")))
-}
-
-/// The PDUs of an answer that pass the checks (id, signatures), each with its id; one
-/// whose content hash does not match comes back redacted. The others are dropped and
-/// logged.
-pub async fn checked_pdus(
-    keys: &KeyRing,
-    rules: &RoomVersionRules,
-    pdus: Vec<Value>,
-    from: &str,
-) -> Events {
-    let mut out = Events::new();
-    for v in pdus {
-        let Ok(CanonicalJsonValue::Object(obj)) = CanonicalJsonValue::try_from(v) else {
-            tracing::warn!(server = %from, "a PDU that is not a JSON object");
-            continue;
-        };
-        match check_pdu(keys, rules, obj).await {
-            Ok(checked) => out.push(checked),
-            Err(e) => tracing::warn!(server = %from, error = %e.message, "refused a PDU"),
-        }
-    }
-    out
-}
-
-/// One PDU checked: its id, and the event (redacted when its content hash is wrong).
-pub async fn check_pdu(
-    keys: &KeyRing,
-    rules: &RoomVersionRules,
-    obj: CanonicalJsonObject,
-) -> Result<(OwnedEventId, CanonicalJsonObject)> {
-    let id = pdu::event_id_of(&obj, rules)?;
-    match pdu::verify(keys, &obj, rules).await? {
-        Verified::All => Ok((id, obj)),
-        Verified::Signatures => {
-            tracing::warn!(event = %id, "content hash mismatch: the event is redacted");
-            let redacted = ruma::canonical_json::redact(obj, &rules.redaction, None)
-                .map_err(|e| Error::bad_json(format!("cannot redact: {e}")))?;
-            Ok((id, redacted))
-        }
-    }
 }

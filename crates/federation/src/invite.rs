@@ -5,7 +5,7 @@ use ganglion_core::{Error, Result};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, RoomVersionId, UserId};
 use serde_json::{Value, json};
 
-use crate::client::FederationClient;
+use ganglion_federation_client::FederationClient;
 
 /// Sends our users' invites of other servers' users to those servers.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl ganglion_rooms::RemoteInviter for Inviter {
             let rules = room_version
                 .rules()
                 .ok_or_else(|| Error::internal("unsupported room version"))?;
-            let event_id = crate::pdu::event_id_of(&event, &rules)?;
+            let event_id = ganglion_federation_client::pdu::event_id_of(&event, &rules)?;
             let path = format!(
                 "/_matrix/federation/v2/invite/{}/{}",
                 ganglion_http::percent_encode(&room_id),
@@ -60,7 +60,8 @@ impl ganglion_rooms::RemoteInviter for Inviter {
                 .map(CanonicalJsonValue::try_from)
             {
                 Some(Ok(CanonicalJsonValue::Object(signed)))
-                    if crate::pdu::event_id_of(&signed, &rules).ok() == Some(event_id) =>
+                    if ganglion_federation_client::pdu::event_id_of(&signed, &rules).ok()
+                        == Some(event_id) =>
                 {
                     Ok(signed)
                 }

@@ -9,14 +9,15 @@
 //! Not built yet: partial state (`omit_members`).
 
 use ganglion_core::{Error, ErrorKind, time::now_ms};
-use ganglion_rooms::{Rooms, ServerKey};
+use ganglion_federation_client::ServerKey;
+use ganglion_rooms::Rooms;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
     UserId,
 };
 use serde_json::Value;
 
-use crate::{client::FederationClient, keys::KeyRing, pdu};
+use ganglion_federation_client::{FederationClient, KeyRing, pdu};
 
 /// The room versions we can join (1 has no state resolution in ruma).
 const VERSIONS: [&str; 11] = ["2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];

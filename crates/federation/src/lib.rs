@@ -1,9 +1,6 @@
-//! federation: the Server-Server API (ARCHITECTURE §6).
+//! federation: the Server-Server API (spec: Server-Server API; docs/architecture.md,
+//! Federation).
 //!
-//! - [`xmatrix`]: request authentication (signing, parsing, verifying `X-Matrix`);
-//! - [`client`]: the outbound client (server-name resolution with `.well-known` and SRV,
-//!   private-address guard, signed requests, test-mode CA and DNS server);
-//! - [`keys`]: our published key document and the key ring for remote keys;
 //! - [`server`]: the inbound endpoints (keys, transactions, joins, leaves, knocks,
 //!   invites, the room reads, backfill, queries), with [`acl`] for server ACLs;
 //! - [`join`], [`invite`], [`history`]: the outbound membership handshakes, invites and
@@ -11,27 +8,25 @@
 //! - [`sender`]: outbound transactions, in-process or as `ganglion-federation-sender`;
 //! - [`listener`]: the TLS listener.
 //!
+//! Signing keys, the key ring, X-Matrix, PDU signature checks and the outbound client
+//! live below `rooms`, in `federation-client`.
+//!
 //! What is not built yet is listed in docs/architecture.md (Federation).
 
 pub mod acl;
-pub mod client;
 pub mod directory;
 pub mod history;
 pub mod invite;
 pub mod join;
-pub mod keys;
 pub mod listener;
 pub mod openid;
 mod params;
-pub mod pdu;
 pub mod sender;
 pub mod server;
 pub mod spaces;
 pub mod timestamp;
-pub mod xmatrix;
 
-pub use client::{FedError, FederationClient};
-pub use keys::KeyRing;
+pub use ganglion_federation_client::{FedError, FederationClient, KeyRing};
 
 /// What the client API needs to reach other servers: the client, the key ring, our key.
 #[derive(Clone, Debug)]
@@ -41,24 +36,9 @@ pub struct Federation {
     /// Remote keys.
     pub keys: KeyRing,
     /// Our signing key.
-    pub key: std::sync::Arc<ganglion_rooms::ServerKey>,
+    pub key: std::sync::Arc<ganglion_federation_client::ServerKey>,
 }
 pub use server::{FederationApi, router};
-
-/// A fresh signing key in a temporary file, for unit tests.
-#[cfg(test)]
-pub(crate) fn test_key() -> ganglion_rooms::ServerKey {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "ganglion-fedkey-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_file(&path);
-    ganglion_rooms::ServerKey::load_or_generate(&path.display().to_string())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 impl Federation {
     /// Resolves another server's room alias (`/query/directory`): the room and the
@@ -69,7 +49,7 @@ impl Federation {
     ) -> Result<(ruma::OwnedRoomId, Vec<String>), ganglion_core::Error> {
         let path = format!(
             "/_matrix/federation/v1/query/directory?room_alias={}",
-            ganglion_http::percent_encode(alias.as_str())
+            ganglion_core::percent::percent_encode(alias.as_str())
         );
         let v = self.client.get(alias.server_name().as_str(), &path).await?;
         let room_id = v
@@ -102,7 +82,7 @@ impl Federation {
     ) -> Result<(Option<String>, Option<String>), ganglion_core::Error> {
         let path = format!(
             "/_matrix/federation/v1/query/profile?user_id={}",
-            ganglion_http::percent_encode(user_id.as_str())
+            ganglion_core::percent::percent_encode(user_id.as_str())
         );
         let v = self
             .client

@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::FederationClient;
+use ganglion_federation_client::FederationClient;
 
 /// Most PDUs in one transaction (spec).
 const MAX_PDUS: usize = 50;

@@ -1,6 +1,6 @@
 //! rooms: building, authorising and persisting events; room state; the stream writers.
 //!
-//! Depends on `core`, `storage` and `bus`. Knows nothing of HTTP. Every local event goes
+//! Depends on `core`, `storage`, `bus` and `federation-client`. Knows nothing of HTTP. Every local event goes
 //! through [`Rooms::send`]: built and signed here, checked against the auth rules
 //! (ruma-state-res), persisted by main's single [`persister::Persister`].
 
@@ -10,7 +10,6 @@ mod create_room;
 pub mod directory;
 pub mod format;
 mod head;
-pub mod keys;
 mod membership;
 pub mod persister;
 pub mod reads;
@@ -29,12 +28,12 @@ use std::{
 };
 
 use ganglion_core::{Error, ErrorKind, Pdu, Result};
+use ganglion_federation_client::ServerKey;
 use ganglion_storage::{Store, events::EventRow};
 use ruma::{OwnedServerName, RoomVersionId, room_version_rules::RoomVersionRules};
 
 pub use builder::EventTemplate;
 pub use create_room::{CreateRoomSpec, Preset};
-pub use keys::ServerKey;
 pub use persister::Persister;
 pub use send::{SendOutcome, SendRequest};
 

@@ -14,8 +14,9 @@ use ganglion_account_api::Accounts;
 use ganglion_bus::Bus;
 use ganglion_client_api::{ClientApi, ClientConfig, Ephemeral, UserData};
 use ganglion_core::{Error, ErrorKind, config::Config};
+use ganglion_federation_client::ServerKey;
 use ganglion_http::{ApiError, BodyLimit, ClientIp, RateLimiter};
-use ganglion_rooms::{Persister, Rooms, ServerKey, streams::StreamWriters, typing::Typing};
+use ganglion_rooms::{Persister, Rooms, streams::StreamWriters, typing::Typing};
 use ganglion_storage::Store;
 use ganglion_sync::{Notifier, SyncService};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -32,7 +33,7 @@ pub enum StartError {
     Storage(#[from] ganglion_storage::Error),
     /// The signing key.
     #[error("{0}")]
-    Key(#[from] ganglion_rooms::keys::KeyError),
+    Key(#[from] ganglion_federation_client::KeyError),
     /// A service refused to start.
     #[error("{0}")]
     Service(#[from] Error),
@@ -116,7 +117,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     tracing::info!(key_id = %key.key_id, "signing key loaded");
     let federation_client = if config.federation.enabled {
         Some(
-            ganglion_federation::FederationClient::new(
+            ganglion_federation_client::FederationClient::new(
                 &config.federation,
                 key.clone(),
                 server_name.as_str(),

@@ -83,7 +83,7 @@ fn forwardable(name: &HeaderName) -> bool {
 impl Forwarder {
     /// A forwarder to `base` (main's internal URL).
     pub fn new(base: &str, secret: &str, body_limit: usize) -> Result<Forwarder, String> {
-        ganglion_federation::client::install_crypto_provider();
+        ganglion_federation_client::client::install_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // Above the longest request main holds open (a long-poll is at most 120 s

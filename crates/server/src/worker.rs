@@ -9,8 +9,9 @@ use std::{sync::Arc, time::Duration};
 use axum::Router;
 use ganglion_account_api::Accounts;
 use ganglion_core::{StreamKind, StreamPos, config::Config};
+use ganglion_federation_client::ServerKey;
 use ganglion_http::RateLimiter;
-use ganglion_rooms::{Rooms, ServerKey};
+use ganglion_rooms::Rooms;
 use ganglion_storage::Store;
 use ganglion_sync::{Notifier, SyncService};
 use ruma::{OwnedServerName, RoomVersionId};
@@ -169,8 +170,9 @@ pub fn start_federation_sender(
     }
     let server_name = config.server.server_name.as_str();
     let key = Arc::new(ServerKey::load_or_generate(&config.signing_key_path())?);
-    let client = ganglion_federation::FederationClient::new(&config.federation, key, server_name)
-        .map_err(StartError::Config)?;
+    let client =
+        ganglion_federation_client::FederationClient::new(&config.federation, key, server_name)
+            .map_err(StartError::Config)?;
     ganglion_federation::sender::start(
         client,
         server.store.clone(),
