@@ -25,6 +25,9 @@ pub mod xmatrix;
 
 pub use client::{FedError, FederationClient};
 pub use keys::KeyRing;
+/// The HTTP method of a [`FederationClient::request`], so callers need no reqwest of
+/// their own.
+pub use reqwest::Method;
 pub use signing_key::{KeyError, ServerKey};
 
 /// A fresh signing key in a temporary file, for unit tests.
@@ -39,4 +42,15 @@ pub(crate) fn test_key() -> ServerKey {
     ));
     let _ = std::fs::remove_file(&path);
     ServerKey::load_or_generate(&path.display().to_string()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What a service needs to reach other servers: the signed client, and the key ring to
+/// check what they send back. Cheap to clone; services hold `Option<Federation>`, `None`
+/// where federation is off.
+#[derive(Clone, Debug)]
+pub struct Federation {
+    /// The outbound client (it holds our signing key: [`FederationClient::key`]).
+    pub client: FederationClient,
+    /// Remote keys.
+    pub keys: KeyRing,
 }

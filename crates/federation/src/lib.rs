@@ -3,8 +3,7 @@
 //!
 //! - [`server`]: the inbound endpoints (keys, transactions, joins, leaves, knocks,
 //!   invites, the room reads, backfill, queries), with [`acl`] for server ACLs;
-//! - [`join`], [`invite`], [`history`]: the outbound membership handshakes, invites and
-//!   history fetching;
+//! - [`join`]: the outbound membership handshakes;
 //! - [`sender`]: outbound transactions, in-process or as `ganglion-federation-sender`;
 //! - [`listener`]: the TLS listener.
 //!
@@ -15,8 +14,6 @@
 
 pub mod acl;
 pub mod directory;
-pub mod history;
-pub mod invite;
 pub mod join;
 pub mod listener;
 pub mod openid;

@@ -143,19 +143,29 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         Persister::start(store.clone(), bus.clone(), tasks.clone()).await?;
     let writers = StreamWriters::new(&store, &bus).await?;
     let typing = Typing::new(writers.typing.clone());
+    // Other servers, for the services that call them: the client and the key ring.
+    let outbound =
+        federation_client
+            .as_ref()
+            .map(|client| ganglion_federation_client::Federation {
+                client: client.clone(),
+                keys: ganglion_federation_client::KeyRing::new(
+                    store.clone(),
+                    client.clone(),
+                    config.federation.trusted_key_servers.clone(),
+                ),
+            });
     let rooms = Rooms::new(
         store.clone(),
         persister,
         key.clone(),
         server_name.clone(),
         default_version,
+        outbound.clone(),
     );
     let mut federation_api = None;
-    let federation = match &federation_client {
-        Some(client) => {
-            rooms.set_remote_inviter(Arc::new(ganglion_federation::invite::Inviter {
-                client: client.clone(),
-            }));
+    let federation = match &outbound {
+        Some(ganglion_federation_client::Federation { client, keys }) => {
             // In the split shape the federation-sender processes send instead.
             let wakers = ganglion_federation::sender::Wakers::default();
             if !config.federation.sender_workers {
@@ -174,15 +184,6 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 fed.tls_private_key_path.as_deref().unwrap_or_default(),
             )
             .map_err(StartError::Config)?;
-            let keys = ganglion_federation::KeyRing::new(
-                store.clone(),
-                client.clone(),
-                config.federation.trusted_key_servers.clone(),
-            );
-            rooms.set_remote_history(Arc::new(ganglion_federation::history::History {
-                client: client.clone(),
-                keys: keys.clone(),
-            }));
             federation_api = Some(ganglion_federation::Federation {
                 client: client.clone(),
                 keys: keys.clone(),
@@ -191,7 +192,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
             let api = ganglion_federation::FederationApi {
                 server_name: server_name.to_string(),
                 key: key.clone(),
-                keys,
+                keys: keys.clone(),
                 store: store.clone(),
                 key_valid_ms: i64::try_from(fed.key_valid_secs.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
