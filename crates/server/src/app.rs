@@ -163,7 +163,6 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         default_version,
         outbound.clone(),
     );
-    let mut federation_api = None;
     let federation = match &outbound {
         Some(ganglion_federation_client::Federation { client, keys }) => {
             // In the split shape the federation-sender processes send instead.
@@ -184,11 +183,6 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 fed.tls_private_key_path.as_deref().unwrap_or_default(),
             )
             .map_err(StartError::Config)?;
-            federation_api = Some(ganglion_federation::Federation {
-                client: client.clone(),
-                keys: keys.clone(),
-                key: key.clone(),
-            });
             let api = ganglion_federation::FederationApi {
                 server_name: server_name.to_string(),
                 key: key.clone(),
@@ -222,7 +216,12 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
             None
         }
     };
-    let user_data = UserData::new(store.clone(), rooms.clone(), writers.account_data.clone());
+    let user_data = UserData::new(
+        store.clone(),
+        rooms.clone(),
+        writers.account_data.clone(),
+        federation_client.clone(),
+    );
     let ephemeral = Ephemeral::new(
         store.clone(),
         rooms.clone(),
@@ -245,7 +244,6 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         }),
         message_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.message))),
         room_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.rooms))),
-        federation: federation_api.clone(),
     };
     let accounts = Accounts::new(
         store.clone(),
