@@ -10,7 +10,8 @@
 //!   content hash);
 //! - [`client`]: the signed outbound HTTP client ([`FederationClient`]): server-name
 //!   resolution with `.well-known` and SRV, private-address guard, test-mode CA and DNS
-//!   server.
+//!   server;
+//! - [`wakers`]: ending the back-off from a destination that has just contacted us.
 //!
 //! Depends on `core` and `storage` (for `server_signing_keys`) only. It must NOT depend
 //! on `rooms`, `http` or any crate above them, serve HTTP, or know what a request is for:
@@ -21,6 +22,7 @@ pub mod client;
 pub mod keys;
 pub mod pdu;
 pub mod signing_key;
+pub mod wakers;
 pub mod xmatrix;
 
 pub use client::{FedError, FederationClient};
@@ -29,6 +31,7 @@ pub use keys::KeyRing;
 /// their own.
 pub use reqwest::Method;
 pub use signing_key::{KeyError, ServerKey};
+pub use wakers::Wakers;
 
 /// A fresh signing key in a temporary file, for unit tests.
 #[cfg(test)]

@@ -3,11 +3,11 @@
 //!
 //! - [`server`]: the inbound endpoints (keys, transactions, joins, leaves, knocks,
 //!   invites, the room reads, backfill, queries), with [`acl`] for server ACLs;
-//! - [`sender`]: outbound transactions, in-process or as `ganglion-federation-sender`;
 //! - [`listener`]: the TLS listener.
 //!
 //! Signing keys, the key ring, X-Matrix, PDU signature checks and the outbound client
-//! live below `rooms`, in `federation-client`.
+//! live below `rooms`, in `federation-client`; outbound transactions in
+//! `federation-sender`.
 //!
 //! What is not built yet is listed in docs/architecture.md (Federation).
 
@@ -16,7 +16,6 @@ pub mod directory;
 pub mod listener;
 pub mod openid;
 mod params;
-pub mod sender;
 pub mod server;
 pub mod spaces;
 pub mod timestamp;

@@ -42,7 +42,7 @@ pub struct FederationApi {
     /// The outbound client (filling gaps with `/get_missing_events`).
     pub client: ganglion_federation_client::FederationClient,
     /// The sender's back-offs, ended when their destination contacts us.
-    pub wakers: crate::sender::Wakers,
+    pub wakers: ganglion_federation_client::Wakers,
     /// Transactions answered lately, so that a retried one gets the same answer.
     pub txns: SeenTxns,
 }
@@ -820,7 +820,12 @@ async fn fill_gap(
     );
     let answer = match api
         .client
-        .request(reqwest::Method::POST, origin, &path, Some(&body))
+        .request(
+            ganglion_federation_client::Method::POST,
+            origin,
+            &path,
+            Some(&body),
+        )
         .await
     {
         Ok(a) => a,

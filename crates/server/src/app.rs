@@ -166,9 +166,9 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     let federation = match &outbound {
         Some(ganglion_federation_client::Federation { client, keys }) => {
             // In the split shape the federation-sender processes send instead.
-            let wakers = ganglion_federation::sender::Wakers::default();
+            let wakers = ganglion_federation_client::Wakers::default();
             if !config.federation.sender_workers {
-                ganglion_federation::sender::start(
+                ganglion_federation_sender::start(
                     client.clone(),
                     store.clone(),
                     &bus,

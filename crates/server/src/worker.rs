@@ -173,14 +173,14 @@ pub fn start_federation_sender(
     let client =
         ganglion_federation_client::FederationClient::new(&config.federation, key, server_name)
             .map_err(StartError::Config)?;
-    ganglion_federation::sender::start(
+    ganglion_federation_sender::start(
         client,
         server.store.clone(),
         &server.bus,
         server.tasks.clone(),
         Some(membership),
         // No inbound listener here to learn that a destination is back.
-        ganglion_federation::sender::Wakers::default(),
+        ganglion_federation_client::Wakers::default(),
     );
     tracing::info!("federation sender started");
     Ok(())
