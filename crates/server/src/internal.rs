@@ -1,6 +1,6 @@
-//! main's internal listener and the workers' forwarding to it (ARCHITECTURE §2: "Internal
-//! calls from a worker to main go over a private HTTP listener authenticated with a
-//! shared secret, never on the public port").
+//! main's internal listener and the workers' forwarding to it (docs/architecture.md,
+//! "Roles and shapes": internal calls from a worker to main go over a private HTTP
+//! listener authenticated with a shared secret, never on the public port).
 //!
 //! A worker answers what it serves; any other request that reaches it (a write sent to
 //! the wrong place by a proxy without the route table, or a client talking to a worker

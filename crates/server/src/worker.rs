@@ -1,8 +1,8 @@
-//! Worker processes of the split shape (ARCHITECTURE §2). A sync worker follows the
-//! replication streams over Redis, reads the shared PostgreSQL, and serves `/sync` and
-//! the stateless room reads; it never writes events (its `Rooms` is read-only) and owns
-//! no stream writer. Anything else that reaches it is forwarded to main's internal
-//! listener when `cluster.main_internal_url` is set.
+//! Worker processes of the split shape (docs/architecture.md, "Roles and shapes"). A
+//! sync worker follows the replication streams over Redis, reads the shared PostgreSQL,
+//! and serves `/sync` and the stateless room reads; it never writes events (its `Rooms`
+//! is read-only) and owns no stream writer. Anything else that reaches it is forwarded
+//! to main's internal listener when `cluster.main_internal_url` is set.
 
 use std::{sync::Arc, time::Duration};
 
