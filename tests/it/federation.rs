@@ -28,7 +28,7 @@ pub(crate) fn test_ca() -> PathBuf {
 
 /// An HTTPS client trusting only the test CA.
 pub(crate) fn https(ca: &Path) -> reqwest::Client {
-    ganglion_federation::client::install_crypto_provider();
+    ganglion_federation_client::client::install_crypto_provider();
     let pem = std::fs::read(ca.join("ca.pem")).expect("ca.pem");
     let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("ca");
     ganglion_tests::http()
@@ -142,7 +142,7 @@ async fn the_listener_checks_every_request() {
         .json()
         .await
         .expect("json");
-    let rows = ganglion_federation::keys::verify_key_document(&name, &doc)
+    let rows = ganglion_federation_client::keys::verify_key_document(&name, &doc)
         .unwrap_or_else(|e| panic!("our key document does not verify: {e}"));
     let key_id = rows[0].key_id.clone();
     let v: Value = http
@@ -190,10 +190,12 @@ async fn the_listener_checks_every_request() {
 
     // Another server's key, claiming to be us (a forged origin).
     let dir = std::env::temp_dir().join(format!("ganglion-forger-{}", rand::random::<u32>()));
-    let forger = ganglion_rooms::ServerKey::load_or_generate(&dir.join("k").display().to_string())
-        .expect("key");
+    let forger = ganglion_federation_client::ServerKey::load_or_generate(
+        &dir.join("k").display().to_string(),
+    )
+    .expect("key");
     let sign = |origin: &str, dest: &str| {
-        ganglion_federation::xmatrix::sign(&forger.pair, origin, dest, "GET", &path, None)
+        ganglion_federation_client::xmatrix::sign(&forger.pair, origin, dest, "GET", &path, None)
             .expect("sign")
     };
     let (status, body) = query(Some(sign(&name, &name))).await;
@@ -281,7 +283,8 @@ async fn profiles_and_aliases_cross_with_synapse() {
         .json()
         .await
         .expect("json");
-    let our_keys = ganglion_federation::keys::verify_key_document(&name, &ours).expect("ours");
+    let our_keys =
+        ganglion_federation_client::keys::verify_key_document(&name, &ours).expect("ours");
     for req in [
         http.get(format!(
             "https://{name}/_matrix/key/v2/query/{}",
@@ -298,9 +301,9 @@ async fn profiles_and_aliases_cross_with_synapse() {
             .await
             .expect("json");
         let doc = &v["server_keys"][0];
-        ganglion_federation::keys::verify_key_document(&synapse.server_name, doc)
+        ganglion_federation_client::keys::verify_key_document(&synapse.server_name, doc)
             .unwrap_or_else(|e| panic!("Synapse's own signature: {e}: {v}"));
-        ganglion_federation::keys::verify_notarised(doc, &name, &our_keys)
+        ganglion_federation_client::keys::verify_notarised(doc, &name, &our_keys)
             .unwrap_or_else(|e| panic!("our countersignature: {e}: {v}"));
     }
 
@@ -390,7 +393,7 @@ async fn a_rotated_key_stays_published_as_old() {
     srv.spawn().await;
 
     let after = fetch().await;
-    let rows = ganglion_federation::keys::verify_key_document(&name, &after)
+    let rows = ganglion_federation_client::keys::verify_key_document(&name, &after)
         .unwrap_or_else(|e| panic!("{e}: {after}"));
     let new_id = after["verify_keys"]
         .as_object()
@@ -757,7 +760,7 @@ async fn two_ganglions_federate() {
     exchange(&carol, &dave, &room, 30).await;
 
     // The read side: server one (in the room) may read server two's state and events.
-    let one_key = ganglion_rooms::ServerKey::load_or_generate(
+    let one_key = ganglion_federation_client::ServerKey::load_or_generate(
         &one.dir.join("signing.key").display().to_string(),
     )
     .expect("server one's key");
@@ -834,7 +837,7 @@ async fn a_server_acl_shuts_a_server_out() {
         !have.contains(&"after the acl".to_owned()),
         "a denied server's message was accepted"
     );
-    let one_key = ganglion_rooms::ServerKey::load_or_generate(
+    let one_key = ganglion_federation_client::ServerKey::load_or_generate(
         &one.dir.join("signing.key").display().to_string(),
     )
     .expect("server one's key");
@@ -906,7 +909,7 @@ async fn history_and_template_endpoints_refuse_bad_input() {
     let dave = one.user("dave").await;
     join_by_alias(&dave, &local, &two_name).await;
     let last = bodies_and_ids(&carol, &room).await.1;
-    let key = ganglion_rooms::ServerKey::load_or_generate(
+    let key = ganglion_federation_client::ServerKey::load_or_generate(
         &one.dir.join("signing.key").display().to_string(),
     )
     .expect("server one's key");
@@ -990,7 +993,7 @@ async fn history_and_template_endpoints_refuse_bad_input() {
 
     let path = format!("/_matrix/federation/v1/get_missing_events/{r}");
     let body = json!({ "earliest_events": "not a list", "latest_events": [last] });
-    let auth = ganglion_federation::xmatrix::sign(
+    let auth = ganglion_federation_client::xmatrix::sign(
         &key.pair,
         &one_name,
         &two_name,
@@ -1093,7 +1096,7 @@ async fn bad_input_from_a_remote_is_refused() {
     // The "remote": a real server, so that its keys are published; the test signs with
     // its key file.
     let (evil, evil_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
-    let evil_key = ganglion_rooms::ServerKey::load_or_generate(
+    let evil_key = ganglion_federation_client::ServerKey::load_or_generate(
         &evil.dir.join("signing.key").display().to_string(),
     )
     .expect("the remote's key");
@@ -1105,7 +1108,7 @@ async fn bad_input_from_a_remote_is_refused() {
     let http = https(&ca);
 
     let send = |txn: Value, origin_header: &str, path: &str| {
-        let auth = ganglion_federation::xmatrix::sign(
+        let auth = ganglion_federation_client::xmatrix::sign(
             &evil_key.pair,
             origin_header,
             &home_name,
@@ -1272,7 +1275,7 @@ fn ruma_value(v: &Value) -> ruma::CanonicalJsonValue {
 }
 
 /// Hashes and signs a PDU (room v11 rules) as `server`.
-fn sign_pdu(pdu: &mut Value, key: &ganglion_rooms::ServerKey, server: &str) {
+fn sign_pdu(pdu: &mut Value, key: &ganglion_federation_client::ServerKey, server: &str) {
     let rules = ruma::RoomVersionId::V11.rules().expect("v11");
     let ruma::CanonicalJsonValue::Object(mut obj) = ruma_value(pdu) else {
         panic!("an object")
@@ -2305,13 +2308,14 @@ async fn a_server_found_through_srv_federates() {
 /// A GET signed as `origin` with `key`, to `dest`'s federation listener.
 pub(crate) async fn signed_get(
     http: &reqwest::Client,
-    key: &ganglion_rooms::ServerKey,
+    key: &ganglion_federation_client::ServerKey,
     origin: &str,
     dest: &str,
     path: &str,
 ) -> (u16, Value) {
-    let auth = ganglion_federation::xmatrix::sign(&key.pair, origin, dest, "GET", path, None)
-        .expect("sign");
+    let auth =
+        ganglion_federation_client::xmatrix::sign(&key.pair, origin, dest, "GET", path, None)
+            .expect("sign");
     let r = http
         .get(format!("https://{dest}{path}"))
         .header("authorization", auth)

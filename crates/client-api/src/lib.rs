@@ -3,7 +3,8 @@
 //!
 //! Handlers are thin: extract (ruma request types), check who may call, call one service
 //! method, shape the response. Services with logic live in `services` or in `rooms`.
-//! Depends on `core`, `storage` (through services), `rooms`, `http`. Holds no SQL.
+//! Depends on `core`, `storage` (through services), `rooms`, `http`, and
+//! `federation-client` (remote profiles); never on `federation`. Holds no SQL.
 
 pub mod account_data;
 pub mod discovery;
@@ -45,8 +46,6 @@ pub struct ClientApi {
     pub message_limit: Arc<RateLimiter>,
     /// Room creations and joins per user.
     pub room_limit: Arc<RateLimiter>,
-    /// Other servers (remote profiles, aliases and joins), when federation is on.
-    pub federation: Option<ganglion_federation::Federation>,
 }
 
 impl axum::extract::FromRef<ClientApi> for Rooms {

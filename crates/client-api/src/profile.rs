@@ -29,26 +29,12 @@ fn profile_json(name: Option<String>, avatar: Option<String>) -> Value {
     Value::Object(out)
 }
 
-/// A profile: ours from the database, a remote user's by federation query.
-async fn profile_of(
-    api: &ClientApi,
-    user_id: &ruma::UserId,
-) -> ApiResult<(Option<String>, Option<String>)> {
-    if user_id.server_name() == api.rooms.server_name() {
-        return Ok(api.user_data.profile(user_id.as_str()).await?);
-    }
-    let Some(fed) = &api.federation else {
-        return Err(Error::not_found("profile not found (federation is off)").into());
-    };
-    Ok(fed.query_profile(user_id).await?)
-}
-
 /// `GET /_matrix/client/v3/profile/{userId}`.
 pub async fn get_profile(
     State(api): State<ClientApi>,
     req: Ruma<get_profile::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    let (name, avatar) = profile_of(&api, &req.0.user_id).await?;
+    let (name, avatar) = api.user_data.profile_of(&req.0.user_id).await?;
     Ok(Json(profile_json(name, avatar)))
 }
 
@@ -57,7 +43,7 @@ pub async fn get_profile_field(
     State(api): State<ClientApi>,
     req: Ruma<get_profile_field::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    let (name, avatar) = profile_of(&api, &req.0.user_id).await?;
+    let (name, avatar) = api.user_data.profile_of(&req.0.user_id).await?;
     let field = req.0.field.as_str().to_owned();
     let value = match field.as_str() {
         "displayname" => name,

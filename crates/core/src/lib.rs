@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod pdu;
+pub mod percent;
 pub mod time;
 pub mod token;
 

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::client::install_crypto_provider;
+use ganglion_federation_client::client::install_crypto_provider;
 
 /// The rustls server configuration from PEM files.
 pub fn tls_config(cert_path: &str, key_path: &str) -> Result<rustls::ServerConfig, String> {

@@ -11,13 +11,12 @@ use axum::{
     routing::get,
 };
 use ganglion_core::{Error, ErrorKind, time::now_ms};
+use ganglion_federation_client::{ServerKey, keys, xmatrix};
 use ganglion_http::ApiError;
-use ganglion_rooms::{ServerKey, storage_error};
+use ganglion_rooms::storage_error;
 use ganglion_storage::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-use crate::{keys, xmatrix};
 
 /// What the inbound handlers share.
 #[derive(Clone, Debug)]
@@ -41,9 +40,9 @@ pub struct FederationApi {
     /// The receipts stream (remote users' `m.receipt`).
     pub receipts: Arc<ganglion_rooms::streams::StreamWriter>,
     /// The outbound client (filling gaps with `/get_missing_events`).
-    pub client: crate::client::FederationClient,
+    pub client: ganglion_federation_client::FederationClient,
     /// The sender's back-offs, ended when their destination contacts us.
-    pub wakers: crate::sender::Wakers,
+    pub wakers: ganglion_federation_client::Wakers,
     /// Transactions answered lately, so that a retried one gets the same answer.
     pub txns: SeenTxns,
 }
@@ -530,7 +529,7 @@ async fn member_event_of(
     let room_id = ruma::RoomId::parse(room_id).map_err(|_| Error::invalid_param("bad room id"))?;
     acl_check(api, origin, room_id.as_str()).await?;
     let (_, rules) = api.rooms.room_version(room_id.as_str()).await?;
-    let computed = crate::pdu::event_id_of(&obj, &rules)?;
+    let computed = ganglion_federation_client::pdu::event_id_of(&obj, &rules)?;
     if computed.as_str() != event_id {
         return Err(Error::bad_json(
             "the event id is not the event's reference hash",
@@ -548,7 +547,7 @@ async fn member_event_of(
             "the event's sender is not a user of the origin",
         ));
     }
-    match crate::pdu::verify(&api.keys, &obj, &rules).await? {
+    match ganglion_federation_client::pdu::verify(&api.keys, &obj, &rules).await? {
         ruma::signatures::Verified::All => {}
         ruma::signatures::Verified::Signatures => {
             return Err(Error::bad_json("the event's content hash does not match"));
@@ -732,7 +731,7 @@ async fn accept_pdu(api: &FederationApi, origin: &str, pdu: Value) -> (String, R
     let Ok((_, rules)) = api.rooms.room_version(room_id.as_str()).await else {
         return (String::new(), Err(Error::not_found("unknown room")));
     };
-    let event_id = match crate::pdu::event_id_of(&obj, &rules) {
+    let event_id = match ganglion_federation_client::pdu::event_id_of(&obj, &rules) {
         Ok(id) => id,
         Err(e) => return (String::new(), Err(e)),
     };
@@ -753,7 +752,7 @@ async fn accept_pdu(api: &FederationApi, origin: &str, pdu: Value) -> (String, R
             ));
         }
         acl_check(api, origin, room_id.as_str()).await?;
-        match crate::pdu::verify(&api.keys, &obj, &rules).await? {
+        match ganglion_federation_client::pdu::verify(&api.keys, &obj, &rules).await? {
             ruma::signatures::Verified::All => {}
             ruma::signatures::Verified::Signatures => {
                 return Err(Error::bad_json("the content hash does not match"));
@@ -821,7 +820,12 @@ async fn fill_gap(
     );
     let answer = match api
         .client
-        .request(reqwest::Method::POST, origin, &path, Some(&body))
+        .request(
+            ganglion_federation_client::Method::POST,
+            origin,
+            &path,
+            Some(&body),
+        )
         .await
     {
         Ok(a) => a,
@@ -835,7 +839,8 @@ async fn fill_gap(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let mut events = crate::history::checked_pdus(&api.keys, rules, list, origin).await;
+    let mut events =
+        ganglion_federation_client::pdu::checked_pdus(&api.keys, rules, list, origin).await;
     let depth = |o: &ruma::CanonicalJsonObject| match o.get("depth") {
         Some(ruma::CanonicalJsonValue::Integer(d)) => i64::from(*d),
         _ => 0,
@@ -978,7 +983,7 @@ async fn invite(
         return Err(Error::bad_json("no event").into());
     };
     let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("bad room id"))?;
-    let computed = crate::pdu::event_id_of(&event, &rules)?;
+    let computed = ganglion_federation_client::pdu::event_id_of(&event, &rules)?;
     if computed.as_str() != event_id {
         return Err(Error::bad_json("the event id is not the event's reference hash").into());
     }
@@ -1019,7 +1024,7 @@ async fn invite(
     {
         return Err(Error::not_found("no such user here").into());
     }
-    match crate::pdu::verify(&api.keys, &event, &rules).await? {
+    match ganglion_federation_client::pdu::verify(&api.keys, &event, &rules).await? {
         ruma::signatures::Verified::All => {}
         ruma::signatures::Verified::Signatures => {
             return Err(Error::bad_json("the invite's content hash does not match").into());

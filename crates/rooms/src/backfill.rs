@@ -12,11 +12,9 @@ use std::{
 
 use ganglion_core::{Pdu, Result};
 use ganglion_storage::backfill::HistoricEvent;
-use ruma::{
-    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, state_res,
-};
+use ruma::{EventId, OwnedEventId, RoomId, state_res};
 
-use crate::{Rooms, remote_join::parse_remote, storage_error};
+use crate::{Rooms, remote_history, remote_join::parse_remote, storage_error};
 
 /// How many events one backfill request asks for.
 const BACKFILL_LIMIT: usize = 100;
@@ -25,43 +23,7 @@ const MAX_SERVERS: usize = 3;
 /// Most events one inbound `/backfill` or `/get_missing_events` answers with.
 pub const MAX_HISTORY_ANSWER: usize = 500;
 
-/// Checked events, with their ids, as a remote fetch hands them back.
-pub type EventsFuture<'a> = std::pin::Pin<
-    Box<dyn Future<Output = Result<Vec<(OwnedEventId, CanonicalJsonObject)>>> + Send + 'a>,
->;
-
-/// Fetches history from other servers (implemented by the federation crate). Every event
-/// handed back has its id computed from its content and its signatures checked; one
-/// whose content hash did not match is handed back redacted.
-pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
-    /// Asks `servers` in turn for up to `limit` events before and including `from`
-    /// (`GET /backfill`).
-    fn backfill(
-        &self,
-        room_id: OwnedRoomId,
-        version: RoomVersionId,
-        servers: Vec<String>,
-        from: Vec<String>,
-        limit: usize,
-    ) -> EventsFuture<'_>;
-
-    /// Fetches single events from `servers` (`GET /event`); those no server has are
-    /// left out.
-    fn fetch_events(
-        &self,
-        room_id: OwnedRoomId,
-        version: RoomVersionId,
-        servers: Vec<String>,
-        event_ids: Vec<String>,
-    ) -> EventsFuture<'_>;
-}
-
 impl Rooms {
-    /// Lets back-pagination fetch history through `history` (once, at start).
-    pub fn set_remote_history(&self, history: Arc<dyn RemoteHistory>) {
-        let _ = self.inner.remote_history.set(history);
-    }
-
     /// Records where a room's history continues (a room just joined through another
     /// server: its join's `prev_events` we do not have).
     pub(crate) async fn seed_backfill_frontier(
@@ -91,7 +53,7 @@ impl Rooms {
     /// stores it below our earliest event. Returns how many events were stored (0 when
     /// the history is complete, no server can be asked, or this process does not write).
     pub async fn backfill(&self, room_id: &RoomId) -> Result<usize> {
-        let Some(remote) = self.inner.remote_history.get().cloned() else {
+        let Some(fed) = self.inner.federation.clone() else {
             return Ok(0);
         };
         if self.inner.persister.is_none() {
@@ -111,15 +73,15 @@ impl Rooms {
             return Ok(0);
         }
         let (version, rules) = self.room_version(room_id.as_str()).await?;
-        let fetched = remote
-            .backfill(
-                room_id.to_owned(),
-                version.clone(),
-                servers.clone(),
-                frontier.clone(),
-                BACKFILL_LIMIT,
-            )
-            .await?;
+        let fetched = remote_history::backfill(
+            &fed,
+            room_id.to_owned(),
+            version.clone(),
+            servers.clone(),
+            frontier.clone(),
+            BACKFILL_LIMIT,
+        )
+        .await?;
         let mut returned: HashMap<OwnedEventId, Pdu> = HashMap::new();
         for (id, obj) in fetched {
             match parse_remote(room_id, &id, obj) {
@@ -153,10 +115,15 @@ impl Rooms {
             .filter(|id| !stored_auth.contains_key(id))
             .collect();
         if !missing_auth.is_empty() {
-            let found = remote
-                .fetch_events(room_id.to_owned(), version, servers, missing_auth)
-                .await
-                .unwrap_or_default();
+            let found = remote_history::fetch_events(
+                &fed,
+                room_id.to_owned(),
+                version,
+                servers,
+                missing_auth,
+            )
+            .await
+            .unwrap_or_default();
             for (id, obj) in found {
                 if let Ok((pdu, _)) = parse_remote(room_id, &id, obj) {
                     batch.insert(id, pdu);

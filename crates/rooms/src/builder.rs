@@ -4,14 +4,13 @@
 use std::{collections::HashMap, sync::Arc};
 
 use ganglion_core::{Error, ErrorKind, MAX_PDU_BYTES, Pdu, Result};
+use ganglion_federation_client::ServerKey;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, UserId,
     room_version_rules::{
         EventIdFormatVersion, EventsReferenceFormatVersion, RoomIdFormatVersion, RoomVersionRules,
     },
 };
-
-use crate::keys::ServerKey;
 
 /// What a client (or the server itself) asks to send.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! rooms: building, authorising and persisting events; room state; the stream writers.
 //!
-//! Depends on `core`, `storage` and `bus`. Knows nothing of HTTP. Every local event goes
-//! through [`Rooms::send`]: built and signed here, checked against the auth rules
+//! Depends on `core`, `storage`, `bus` and `federation-client` (to reach other servers).
+//! Knows nothing of HTTP. Every local event goes through [`Rooms::send`]: built and signed here, checked against the auth rules
 //! (ruma-state-res), persisted by main's single [`persister::Persister`].
 
 pub mod backfill;
@@ -9,11 +9,15 @@ pub mod builder;
 mod create_room;
 pub mod directory;
 pub mod format;
+mod handshake;
 mod head;
-pub mod keys;
+mod local_or_remote;
 mod membership;
 pub mod persister;
 pub mod reads;
+mod remote_directory;
+mod remote_history;
+mod remote_invite;
 pub mod remote_join;
 mod resolve;
 mod send;
@@ -29,12 +33,12 @@ use std::{
 };
 
 use ganglion_core::{Error, ErrorKind, Pdu, Result};
+use ganglion_federation_client::{Federation, ServerKey};
 use ganglion_storage::{Store, events::EventRow};
 use ruma::{OwnedServerName, RoomVersionId, room_version_rules::RoomVersionRules};
 
 pub use builder::EventTemplate;
 pub use create_room::{CreateRoomSpec, Preset};
-pub use keys::ServerKey;
 pub use persister::Persister;
 pub use send::{SendOutcome, SendRequest};
 
@@ -66,38 +70,25 @@ struct Inner {
     locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     heads: std::sync::Mutex<head::Heads>,
     pdu_cache: std::sync::Mutex<HashMap<String, Arc<Pdu>>>,
-    /// Asks an invitee's server to countersign an invite (set when federation is on).
-    remote_inviter: std::sync::OnceLock<Arc<dyn RemoteInviter>>,
-    /// Fetches history from other servers (set when federation is on).
-    remote_history: std::sync::OnceLock<Arc<dyn backfill::RemoteHistory>>,
+    /// Other servers (invites countersigned, history fetched), when federation is on
+    /// and this process writes events.
+    federation: Option<Federation>,
     /// One backfill at a time: each takes positions below the current minimum.
     backfill_lock: tokio::sync::Mutex<()>,
-}
-
-/// Gets an invite of a user of another server signed by that server (Server-Server
-/// API, "Inviting to a room"): implemented by the federation crate.
-pub trait RemoteInviter: Send + Sync + std::fmt::Debug {
-    /// Sends `event` (signed by us) with the room's stripped state to the invitee's
-    /// server; returns the event with its signature added.
-    fn invite(
-        &self,
-        room_version: RoomVersionId,
-        event: ruma::CanonicalJsonObject,
-        invite_room_state: Vec<serde_json::Value>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<ruma::CanonicalJsonObject>> + Send + '_>>;
 }
 
 /// PDUs kept in memory (auth events, mostly); beyond this the cache is emptied.
 const MAX_CACHED_PDUS: usize = 50_000;
 
 impl Rooms {
-    /// The service over its dependencies.
+    /// The service over its dependencies; `federation` is `None` when federation is off.
     pub fn new(
         store: Store,
         persister: Persister,
         key: Arc<ServerKey>,
         server_name: OwnedServerName,
         default_version: RoomVersionId,
+        federation: Option<Federation>,
     ) -> Rooms {
         let position = persister.position_watch();
         Rooms {
@@ -111,8 +102,7 @@ impl Rooms {
                 locks: Default::default(),
                 heads: Default::default(),
                 pdu_cache: Default::default(),
-                remote_inviter: Default::default(),
-                remote_history: Default::default(),
+                federation,
                 backfill_lock: Default::default(),
             }),
         }
@@ -138,16 +128,10 @@ impl Rooms {
                 locks: Default::default(),
                 heads: Default::default(),
                 pdu_cache: Default::default(),
-                remote_inviter: Default::default(),
-                remote_history: Default::default(),
+                federation: None,
                 backfill_lock: Default::default(),
             }),
         }
-    }
-
-    /// Lets invites of other servers' users go through `inviter` (once, at start).
-    pub fn set_remote_inviter(&self, inviter: Arc<dyn RemoteInviter>) {
-        let _ = self.inner.remote_inviter.set(inviter);
     }
 
     /// The server name.

@@ -190,7 +190,7 @@ impl Rooms {
         is_direct: bool,
     ) -> Result<SendOutcome> {
         let remote = target.server_name() != self.server_name();
-        if remote && self.inner.remote_inviter.get().is_none() {
+        if remote && self.inner.federation.is_none() {
             return Err(Error::forbidden(
                 "inviting users on other servers needs federation, which is not enabled",
             ));

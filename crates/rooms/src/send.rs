@@ -295,7 +295,7 @@ impl Rooms {
         pdu: Pdu,
         state: &HashMap<(StateEventType, String), &Pdu>,
     ) -> Result<Pdu> {
-        let Some(inviter) = self.inner.remote_inviter.get() else {
+        let Some(fed) = &self.inner.federation else {
             return Err(Error::forbidden(
                 "inviting users of other servers needs federation, which is off",
             ));
@@ -326,7 +326,8 @@ impl Rooms {
             })
         })
         .collect();
-        let signed = inviter.invite(version.clone(), obj, stripped).await?;
+        let signed =
+            crate::remote_invite::countersign(&fed.client, version.clone(), obj, stripped).await?;
         let json: Arc<str> = serde_json::to_string(&signed)
             .map_err(|e| Error::internal(e.to_string()))?
             .into();

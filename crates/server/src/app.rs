@@ -15,8 +15,9 @@ use ganglion_bus::Bus;
 use ganglion_client_api::{ClientApi, ClientConfig, Ephemeral, UserData};
 use ganglion_core::{Error, ErrorKind, config::Config};
 use ganglion_e2ee::{E2eeApi, Keys, ToDevice, backup::Backup};
+use ganglion_federation_client::ServerKey;
 use ganglion_http::{ApiError, BodyLimit, ClientIp, RateLimiter};
-use ganglion_rooms::{Persister, Rooms, ServerKey, streams::StreamWriters, typing::Typing};
+use ganglion_rooms::{Persister, Rooms, streams::StreamWriters, typing::Typing};
 use ganglion_storage::Store;
 use ganglion_sync::{Notifier, SyncService};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -33,7 +34,7 @@ pub enum StartError {
     Storage(#[from] ganglion_storage::Error),
     /// The signing key.
     #[error("{0}")]
-    Key(#[from] ganglion_rooms::keys::KeyError),
+    Key(#[from] ganglion_federation_client::KeyError),
     /// A service refused to start.
     #[error("{0}")]
     Service(#[from] Error),
@@ -117,7 +118,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     tracing::info!(key_id = %key.key_id, "signing key loaded");
     let federation_client = if config.federation.enabled {
         Some(
-            ganglion_federation::FederationClient::new(
+            ganglion_federation_client::FederationClient::new(
                 &config.federation,
                 key.clone(),
                 server_name.as_str(),
@@ -143,23 +144,32 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         Persister::start(store.clone(), bus.clone(), tasks.clone()).await?;
     let writers = StreamWriters::new(&store, &bus).await?;
     let typing = Typing::new(writers.typing.clone());
+    // Other servers, for the services that call them: the client and the key ring.
+    let outbound =
+        federation_client
+            .as_ref()
+            .map(|client| ganglion_federation_client::Federation {
+                client: client.clone(),
+                keys: ganglion_federation_client::KeyRing::new(
+                    store.clone(),
+                    client.clone(),
+                    config.federation.trusted_key_servers.clone(),
+                ),
+            });
     let rooms = Rooms::new(
         store.clone(),
         persister,
         key.clone(),
         server_name.clone(),
         default_version,
+        outbound.clone(),
     );
-    let mut federation_api = None;
-    let federation = match &federation_client {
-        Some(client) => {
-            rooms.set_remote_inviter(Arc::new(ganglion_federation::invite::Inviter {
-                client: client.clone(),
-            }));
+    let federation = match &outbound {
+        Some(ganglion_federation_client::Federation { client, keys }) => {
             // In the split shape the federation-sender processes send instead.
-            let wakers = ganglion_federation::sender::Wakers::default();
+            let wakers = ganglion_federation_client::Wakers::default();
             if !config.federation.sender_workers {
-                ganglion_federation::sender::start(
+                ganglion_federation_sender::start(
                     client.clone(),
                     store.clone(),
                     &bus,
@@ -174,24 +184,10 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 fed.tls_private_key_path.as_deref().unwrap_or_default(),
             )
             .map_err(StartError::Config)?;
-            let keys = ganglion_federation::KeyRing::new(
-                store.clone(),
-                client.clone(),
-                config.federation.trusted_key_servers.clone(),
-            );
-            rooms.set_remote_history(Arc::new(ganglion_federation::history::History {
-                client: client.clone(),
-                keys: keys.clone(),
-            }));
-            federation_api = Some(ganglion_federation::Federation {
-                client: client.clone(),
-                keys: keys.clone(),
-                key: key.clone(),
-            });
             let api = ganglion_federation::FederationApi {
                 server_name: server_name.to_string(),
                 key: key.clone(),
-                keys,
+                keys: keys.clone(),
                 store: store.clone(),
                 key_valid_ms: i64::try_from(fed.key_valid_secs.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
@@ -221,7 +217,12 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
             None
         }
     };
-    let user_data = UserData::new(store.clone(), rooms.clone(), writers.account_data.clone());
+    let user_data = UserData::new(
+        store.clone(),
+        rooms.clone(),
+        writers.account_data.clone(),
+        federation_client.clone(),
+    );
     let ephemeral = Ephemeral::new(
         store.clone(),
         rooms.clone(),
@@ -244,7 +245,6 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         }),
         message_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.message))),
         room_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.rooms))),
-        federation: federation_api.clone(),
     };
     let accounts = Accounts::new(
         store.clone(),

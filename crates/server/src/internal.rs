@@ -1,6 +1,6 @@
-//! main's internal listener and the workers' forwarding to it (ARCHITECTURE §2: "Internal
-//! calls from a worker to main go over a private HTTP listener authenticated with a
-//! shared secret, never on the public port").
+//! main's internal listener and the workers' forwarding to it (docs/architecture.md,
+//! "Roles and shapes": internal calls from a worker to main go over a private HTTP
+//! listener authenticated with a shared secret, never on the public port).
 //!
 //! A worker answers what it serves; any other request that reaches it (a write sent to
 //! the wrong place by a proxy without the route table, or a client talking to a worker
@@ -83,7 +83,7 @@ fn forwardable(name: &HeaderName) -> bool {
 impl Forwarder {
     /// A forwarder to `base` (main's internal URL).
     pub fn new(base: &str, secret: &str, body_limit: usize) -> Result<Forwarder, String> {
-        ganglion_federation::client::install_crypto_provider();
+        ganglion_federation_client::client::install_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // Above the longest request main holds open (a long-poll is at most 120 s

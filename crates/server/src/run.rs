@@ -13,7 +13,7 @@ use crate::{build_all, config, serve, telemetry, worker};
 ///   never given back (RSS grew by 19 MiB per password hash to a 1.5 GB plateau under
 ///   load). At 1 MiB, large buffers stay in mmap and return to the system on free.
 pub fn init_process() {
-    ganglion_federation::client::install_crypto_provider();
+    ganglion_federation_client::client::install_crypto_provider();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator tuning; it is called before any thread starts.
     unsafe {

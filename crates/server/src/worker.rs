@@ -1,16 +1,17 @@
-//! Worker processes of the split shape (ARCHITECTURE §2). A sync worker follows the
-//! replication streams over Redis, reads the shared PostgreSQL, and serves `/sync` and
-//! the stateless room reads; it never writes events (its `Rooms` is read-only) and owns
-//! no stream writer. Anything else that reaches it is forwarded to main's internal
-//! listener when `cluster.main_internal_url` is set.
+//! Worker processes of the split shape (docs/architecture.md, "Roles and shapes"). A
+//! sync worker follows the replication streams over Redis, reads the shared PostgreSQL,
+//! and serves `/sync` and the stateless room reads; it never writes events (its `Rooms`
+//! is read-only) and owns no stream writer. Anything else that reaches it is forwarded
+//! to main's internal listener when `cluster.main_internal_url` is set.
 
 use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use ganglion_account_api::Accounts;
 use ganglion_core::{StreamKind, StreamPos, config::Config};
+use ganglion_federation_client::ServerKey;
 use ganglion_http::RateLimiter;
-use ganglion_rooms::{Rooms, ServerKey};
+use ganglion_rooms::Rooms;
 use ganglion_storage::Store;
 use ganglion_sync::{Notifier, SyncService};
 use ruma::{OwnedServerName, RoomVersionId};
@@ -170,16 +171,17 @@ pub fn start_federation_sender(
     }
     let server_name = config.server.server_name.as_str();
     let key = Arc::new(ServerKey::load_or_generate(&config.signing_key_path())?);
-    let client = ganglion_federation::FederationClient::new(&config.federation, key, server_name)
-        .map_err(StartError::Config)?;
-    ganglion_federation::sender::start(
+    let client =
+        ganglion_federation_client::FederationClient::new(&config.federation, key, server_name)
+            .map_err(StartError::Config)?;
+    ganglion_federation_sender::start(
         client,
         server.store.clone(),
         &server.bus,
         server.tasks.clone(),
         Some(membership),
         // No inbound listener here to learn that a destination is back.
-        ganglion_federation::sender::Wakers::default(),
+        ganglion_federation_client::Wakers::default(),
     );
     tracing::info!("federation sender started");
     Ok(())

@@ -21,7 +21,7 @@ async fn federation_reads_check_who_asks_and_what() {
     let ca = test_ca();
     let (one, one_name) = TestServer::start_federating(Backend::Postgres, &ca).await;
     let (two, two_name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
-    let one_key = ganglion_rooms::ServerKey::load_or_generate(
+    let one_key = ganglion_federation_client::ServerKey::load_or_generate(
         &one.dir.join("signing.key").display().to_string(),
     )
     .expect("server one's key");
@@ -265,7 +265,7 @@ async fn federation_reads_check_who_asks_and_what() {
         let content = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| ruma::CanonicalJsonValue::try_from(v).ok());
-        let auth = ganglion_federation::xmatrix::sign(
+        let auth = ganglion_federation_client::xmatrix::sign(
             &one_key.pair,
             &one_name,
             &two_name,

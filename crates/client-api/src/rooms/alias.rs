@@ -58,24 +58,8 @@ pub async fn get_alias(
     State(api): State<ClientApi>,
     req: ganglion_http::Ruma<get_alias::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    let alias = &req.0.room_alias;
-    if alias.server_name() != api.rooms.server_name() {
-        let Some(fed) = &api.federation else {
-            return Err(Error::not_found("room alias not found (federation is off)").into());
-        };
-        let (room_id, servers) = fed.query_directory(alias).await?;
-        return Ok(Json(json!({ "room_id": room_id, "servers": servers })));
-    }
-    let (room_id, _) = api
-        .rooms
-        .store()
-        .select_alias(alias.as_str())
-        .await
-        .map_err(storage_error)?
-        .ok_or_else(|| Error::not_found("room alias not found"))?;
-    Ok(Json(
-        json!({ "room_id": room_id, "servers": [api.rooms.server_name()] }),
-    ))
+    let (room_id, servers) = api.rooms.alias_room(&req.0.room_alias).await?;
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
 }
 
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`.

@@ -34,15 +34,7 @@ async fn public_rooms(
     server: Option<&ruma::ServerName>,
     q: DirectoryQuery,
 ) -> ApiResult<Json<Value>> {
-    match server.filter(|s| *s != api.rooms.server_name()) {
-        None => Ok(Json(api.rooms.public_rooms(&q, |_| true).await?.to_json())),
-        Some(remote) => {
-            let federation = api.federation.as_ref().ok_or_else(|| {
-                Error::forbidden("querying other servers' directories needs federation")
-            })?;
-            Ok(Json(federation.public_rooms(remote, &q).await?))
-        }
-    }
+    Ok(Json(api.rooms.directory_page(server, q).await?))
 }
 
 /// Our list for ruma's network choice.

@@ -3,7 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use ganglion_bus::Row;
-use ganglion_core::{Error, Result, StreamPos};
+use ganglion_core::{Error, Result, StreamPos, percent::percent_encode};
+use ganglion_federation_client::FederationClient;
 use ganglion_rooms::{Rooms, storage_error, streams::StreamWriter};
 use ganglion_storage::Store;
 use serde_json::{Value, json};
@@ -19,15 +20,23 @@ pub struct UserData {
     store: Store,
     rooms: Rooms,
     account_data: Arc<StreamWriter>,
+    /// Other servers' users' profiles, when federation is on.
+    federation: Option<FederationClient>,
 }
 
 impl UserData {
-    /// The service over its dependencies.
-    pub fn new(store: Store, rooms: Rooms, account_data: Arc<StreamWriter>) -> UserData {
+    /// The service over its dependencies; `federation` is `None` when federation is off.
+    pub fn new(
+        store: Store,
+        rooms: Rooms,
+        account_data: Arc<StreamWriter>,
+        federation: Option<FederationClient>,
+    ) -> UserData {
         UserData {
             store,
             rooms,
             account_data,
+            federation,
         }
     }
 
@@ -163,6 +172,27 @@ impl UserData {
             .map_err(storage_error)?
             .ok_or_else(|| Error::not_found("profile not found"))?;
         Ok((user.displayname, user.avatar_url))
+    }
+
+    /// A profile: ours from the database, another server's user's by asking their
+    /// server (`/query/profile`); 404 `M_NOT_FOUND` for theirs when federation is off.
+    pub async fn profile_of(
+        &self,
+        user_id: &ruma::UserId,
+    ) -> Result<(Option<String>, Option<String>)> {
+        if user_id.server_name() == self.rooms.server_name() {
+            return self.profile(user_id.as_str()).await;
+        }
+        let Some(client) = &self.federation else {
+            return Err(Error::not_found("profile not found (federation is off)"));
+        };
+        let path = format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            percent_encode(user_id.as_str())
+        );
+        let v = client.get(user_id.server_name().as_str(), &path).await?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok((field("displayname"), field("avatar_url")))
     }
 
     /// Sets one profile field and updates the user's member events.

@@ -190,12 +190,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let path = config_path(path)?;
             let cfg = config::load(Some(&path))?;
             let key_path = cfg.signing_key_path();
-            let old = ganglion_rooms::ServerKey::load_or_generate(&key_path)?;
+            let old = ganglion_federation_client::ServerKey::load_or_generate(&key_path)?;
             let version = old.key_id.trim_start_matches("ed25519:").to_owned();
             let retired = format!("{key_path}.retired-{version}");
             std::fs::rename(&key_path, &retired)
                 .map_err(|e| format!("cannot move {key_path} to {retired}: {e}"))?;
-            let new = ganglion_rooms::ServerKey::load_or_generate(&key_path)?;
+            let new = ganglion_federation_client::ServerKey::load_or_generate(&key_path)?;
             let now = ganglion_core::time::now_ms();
             eprintln!(
                 "new signing key {} in {key_path}; the old one is kept in {retired}",

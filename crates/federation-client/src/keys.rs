@@ -8,8 +8,8 @@ use std::{
 
 use ganglion_core::config::OldSigningKey;
 
+use crate::signing_key::ServerKey;
 use ganglion_core::time::now_ms;
-use ganglion_rooms::ServerKey;
 use ganglion_storage::{Store, server_keys::ServerKeyRow};
 use ruma::{
     CanonicalJsonValue,

@@ -1,14 +1,18 @@
 //! Checking a PDU that arrives from another server: its event id (the reference hash),
-//! the signatures of every server that must have signed it, and its content hash.
+//! the signatures of every server that must have signed it, and its content hash
+//! (spec: "Checks performed on receipt of a PDU"). An event whose content hash does not
+//! match is redacted where the spec allows it ([`check_pdu`]).
 
 use std::collections::BTreeMap;
 
-use ganglion_core::{Error, ErrorKind, time::now_ms};
+use ganglion_core::{Error, ErrorKind, Result, time::now_ms};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId,
     room_version_rules::RoomVersionRules,
     signatures::{PublicKeyMap, Verified},
 };
+
+use serde_json::Value;
 
 use crate::keys::KeyRing;
 
@@ -70,4 +74,48 @@ pub async fn verify(
             format!("bad event signature: {e}"),
         )
     })
+}
+
+/// Checked events with their ids.
+pub type Events = Vec<(OwnedEventId, CanonicalJsonObject)>;
+
+/// The PDUs of an answer that pass the checks (id, signatures), each with its id; one
+/// whose content hash does not match comes back redacted. The others are dropped and
+/// logged.
+pub async fn checked_pdus(
+    keys: &KeyRing,
+    rules: &RoomVersionRules,
+    pdus: Vec<Value>,
+    from: &str,
+) -> Events {
+    let mut out = Events::new();
+    for v in pdus {
+        let Ok(CanonicalJsonValue::Object(obj)) = CanonicalJsonValue::try_from(v) else {
+            tracing::warn!(server = %from, "a PDU that is not a JSON object");
+            continue;
+        };
+        match check_pdu(keys, rules, obj).await {
+            Ok(checked) => out.push(checked),
+            Err(e) => tracing::warn!(server = %from, error = %e.message, "refused a PDU"),
+        }
+    }
+    out
+}
+
+/// One PDU checked: its id, and the event (redacted when its content hash is wrong).
+pub async fn check_pdu(
+    keys: &KeyRing,
+    rules: &RoomVersionRules,
+    obj: CanonicalJsonObject,
+) -> Result<(OwnedEventId, CanonicalJsonObject)> {
+    let id = event_id_of(&obj, rules)?;
+    match verify(keys, &obj, rules).await? {
+        Verified::All => Ok((id, obj)),
+        Verified::Signatures => {
+            tracing::warn!(event = %id, "content hash mismatch: the event is redacted");
+            let redacted = ruma::canonical_json::redact(obj, &rules.redaction, None)
+                .map_err(|e| Error::bad_json(format!("cannot redact: {e}")))?;
+            Ok((id, redacted))
+        }
+    }
 }

@@ -4,19 +4,20 @@
 //! room.
 //!
 //! Leaves (rejecting an invite to a room we do not have) and knocks go through the same
-//! handshake.
+//! handshake. Which of our users' joins, leaves and knocks take this path is decided in
+//! [`crate::local_or_remote`].
 //!
 //! Not built yet: partial state (`omit_members`).
 
-use ganglion_core::{Error, ErrorKind, time::now_ms};
-use ganglion_rooms::{Rooms, ServerKey};
+use ganglion_core::{Error, ErrorKind, percent::percent_encode, time::now_ms};
+use ganglion_federation_client::{Federation, FederationClient, KeyRing, Method, pdu};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
     UserId,
 };
 use serde_json::Value;
 
-use crate::{client::FederationClient, keys::KeyRing, pdu};
+use crate::Rooms;
 
 /// The room versions we can join (1 has no state resolution in ruma).
 const VERSIONS: [&str; 11] = ["2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
@@ -60,7 +61,6 @@ struct Signed {
 /// our signed event from its template, then `send_{kind}` and `finish` with the answer. A failure at one server moves on to the next.
 async fn handshake(
     client: &FederationClient,
-    key: &ServerKey,
     room_id: &RoomId,
     user: &UserId,
     via: &[String],
@@ -78,8 +78,8 @@ async fn handshake(
     for server in via.iter().filter(|s| s.as_str() != client.origin()).take(5) {
         let path = format!(
             "/_matrix/federation/v1/make_{kind}/{}/{}{query}",
-            ganglion_http::percent_encode(room_id.as_str()),
-            ganglion_http::percent_encode(user.as_str())
+            percent_encode(room_id.as_str()),
+            percent_encode(user.as_str())
         );
         let template = match client.get(server, &path).await {
             Ok(t) => t,
@@ -90,17 +90,17 @@ async fn handshake(
             }
         };
         let outcome = async {
-            let (version, rules, event) = signed_template(client, key, &template)?;
+            let (version, rules, event) = signed_template(client, &template)?;
             let event_id = pdu::event_id_of(&event, &rules)?;
             let path = format!(
                 "/_matrix/federation/{send_version}/send_{kind}/{}/{}",
-                ganglion_http::percent_encode(room_id.as_str()),
-                ganglion_http::percent_encode(event_id.as_str())
+                percent_encode(room_id.as_str()),
+                percent_encode(event_id.as_str())
             );
             let body = serde_json::to_value(CanonicalJsonValue::Object(event.clone()))
                 .map_err(|e| Error::internal(e.to_string()))?;
             let answer = client
-                .request(reqwest::Method::PUT, server, &path, Some(&body))
+                .request(Method::PUT, server, &path, Some(&body))
                 .await
                 .map_err(Error::from)?;
             let signed = Signed {
@@ -129,16 +129,15 @@ async fn handshake(
 /// Joins `user` (ours) to `room_id` through the first of `via` that answers: the
 /// answer's events are checked (ids, signatures, hashes; then the auth rules, by
 /// `bootstrap_remote_room`) and stored.
-pub async fn join_remote(
-    client: &FederationClient,
-    keys: &KeyRing,
-    key: &ServerKey,
+pub(crate) async fn join_remote(
+    fed: &Federation,
     rooms: &Rooms,
     room_id: &RoomId,
     user: &UserId,
     via: &[String],
 ) -> Result<OwnedRoomId, Error> {
-    let (signed, answer) = handshake(client, key, room_id, user, via, Kind::Join).await?;
+    let (signed, answer) = handshake(&fed.client, room_id, user, via, Kind::Join).await?;
+    let keys = &fed.keys;
     let Signed {
         version,
         rules,
@@ -172,15 +171,14 @@ pub async fn join_remote(
 /// Rejects an invite to a room we do not have (or leaves it) through the first of `via`
 /// that answers: make_leave, our signed leave, send_leave v2; then keeps the leave in
 /// the stub room, so the invite is gone for the user.
-pub async fn leave_remote(
-    client: &FederationClient,
-    key: &ServerKey,
+pub(crate) async fn leave_remote(
+    fed: &Federation,
     rooms: &Rooms,
     room_id: &RoomId,
     user: &UserId,
     via: &[String],
 ) -> Result<(), Error> {
-    let (signed, _) = handshake(client, key, room_id, user, via, Kind::Leave).await?;
+    let (signed, _) = handshake(&fed.client, room_id, user, via, Kind::Leave).await?;
     rooms
         .store_remote_leave(room_id, &signed.version, &signed.event_id, signed.event)
         .await?;
@@ -190,15 +188,14 @@ pub async fn leave_remote(
 /// Knocks on a room we do not have through the first of `via` that answers:
 /// make_knock (with the versions we support), our signed knock, send_knock; then keeps
 /// the knock, with the stripped state the server returned, in a stub room.
-pub async fn knock_remote(
-    client: &FederationClient,
-    key: &ServerKey,
+pub(crate) async fn knock_remote(
+    fed: &Federation,
     rooms: &Rooms,
     room_id: &RoomId,
     user: &UserId,
     via: &[String],
 ) -> Result<(), Error> {
-    let (signed, answer) = handshake(client, key, room_id, user, via, Kind::Knock).await?;
+    let (signed, answer) = handshake(&fed.client, room_id, user, via, Kind::Knock).await?;
     let stripped = answer
         .get("knock_room_state")
         .and_then(Value::as_array)
@@ -250,7 +247,6 @@ async fn checked(
 /// version's rules and the event.
 fn signed_template(
     client: &FederationClient,
-    key: &ServerKey,
     template: &Value,
 ) -> Result<
     (
@@ -286,7 +282,12 @@ fn signed_template(
     event.remove("signatures");
     event.remove("hashes");
     event.remove("unsigned");
-    ruma::signatures::hash_and_sign_event(client.origin(), &key.pair, &mut event, &rules.redaction)
-        .map_err(|e| Error::internal(format!("cannot sign our event: {e}")))?;
+    ruma::signatures::hash_and_sign_event(
+        client.origin(),
+        &client.key().pair,
+        &mut event,
+        &rules.redaction,
+    )
+    .map_err(|e| Error::internal(format!("cannot sign our event: {e}")))?;
     Ok((version, rules, event))
 }

@@ -1,4 +1,5 @@
-//! The federation sender (ARCHITECTURE §6): follows the events, typing and receipts
+//! federation-sender: outbound transactions (spec: Server-Server API, "Transactions";
+//! docs/architecture.md, Federation, Sender). Follows the events, typing and receipts
 //! streams; every event sent by one of our users in a room with members on other
 //! servers is queued for each of those servers, with our users' typing changes
 //! (`m.typing`) and public read receipts (`m.receipt`). One transaction in flight per
@@ -23,6 +24,10 @@
 //! ([`Wakers`]; only where the inbound listener and the sender share a process).
 //!
 //! Not built yet: presence and device-list EDUs.
+//!
+//! Depends on `core`, `storage`, `bus`, `cluster` and `federation-client`. It must NOT
+//! depend on `rooms` or any API crate, serve HTTP, or write anything but its cursors
+//! (`shard_cursors`): it reads the record and the bus and calls other servers.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -41,7 +46,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::FederationClient;
+use ganglion_federation_client::{FederationClient, Wakers};
 
 /// Most PDUs in one transaction (spec).
 const MAX_PDUS: usize = 50;
@@ -63,32 +68,6 @@ enum Outgoing {
     Edu(Value),
     /// Read the events after the cursor again (after a bus gap).
     CatchUp,
-}
-
-/// Wakes a destination that is backed off when it contacts us (its request proves it
-/// is up again): the inbound listener calls [`Wakers::wake`] for every authenticated
-/// origin. Only destinations sent to from this process can be woken.
-#[derive(Debug, Clone, Default)]
-pub struct Wakers {
-    inner: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>>,
-}
-
-impl Wakers {
-    /// Ends the back-off of `server`'s loop, if it is waiting.
-    pub fn wake(&self, server: &str) {
-        let notify = self.inner.lock().ok().and_then(|m| m.get(server).cloned());
-        if let Some(n) = notify {
-            n.notify_one();
-        }
-    }
-
-    fn register(&self, server: &str) -> Arc<tokio::sync::Notify> {
-        let n = Arc::new(tokio::sync::Notify::new());
-        if let Ok(mut m) = self.inner.lock() {
-            m.insert(server.to_owned(), n.clone());
-        }
-        n
-    }
 }
 
 /// What the sender runs with.
@@ -434,7 +413,12 @@ async fn destination_loop(
         loop {
             match shared
                 .client
-                .request(reqwest::Method::PUT, &destination, &path, Some(&body))
+                .request(
+                    ganglion_federation_client::Method::PUT,
+                    &destination,
+                    &path,
+                    Some(&body),
+                )
                 .await
             {
                 Ok(_) => {

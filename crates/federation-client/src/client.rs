@@ -17,8 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::signing_key::ServerKey;
 use ganglion_core::config::FederationConfig;
-use ganglion_rooms::ServerKey;
 use reqwest::Method;
 use ruma::CanonicalJsonValue;
 use serde_json::Value;
