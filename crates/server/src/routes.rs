@@ -131,6 +131,10 @@ pub fn nginx_config(listen: &str, up: &Upstreams) -> String {
     // with the spec's error: a server that answers 413 before reading a large body and
     // closes the connection makes nginx answer 502 instead, now and then.
     let _ = writeln!(out, "    client_max_body_size {MAX_BODY};");
+    // Keep every body the limit allows in memory: a body past nginx's default buffer
+    // (16k: a /keys/upload with 50 one-time keys) would be spooled to a temp directory
+    // the worker user may not be able to write, and the request would fail with a 500.
+    let _ = writeln!(out, "    client_body_buffer_size {MAX_BODY};");
     let _ = writeln!(out, "    error_page 413 = @ganglion_too_large;");
     let _ = writeln!(
         out,
