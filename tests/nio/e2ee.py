@@ -487,7 +487,14 @@ async def scenario(store_root: str) -> str:
         ensure(not plain, f"{me.name}: the server sent {len(plain)} plaintext m.room.message events in the encrypted room")
     order_a = [ev.event_id for ev in alice.timeline[room_id] if isinstance(ev, RoomMessageText) and ev.body.startswith(run)]
     order_b = [ev.event_id for ev in bob.timeline[room_id] if isinstance(ev, RoomMessageText) and ev.body.startswith(run)]
-    ensure(order_a == order_b, "alice and bob decrypted the messages in different timeline orders")
+    if order_a != order_b:
+        diff = next((i for i, (a, b) in enumerate(zip(order_a, order_b)) if a != b), min(len(order_a), len(order_b)))
+        ensure(
+            False,
+            f"alice and bob decrypted the messages in different timeline orders: {len(order_a)} and "
+            f"{len(order_b)} messages, first difference at #{diff}: "
+            f"alice {order_a[diff:diff + 3]}, bob {order_b[diff:diff + 3]}",
+        )
     ensure(len(order_a) == 2 * MESSAGES, f"alice has {len(order_a)} decrypted messages, expected {2 * MESSAGES}")
     log(f"each decrypted all {MESSAGES} of the other's messages, in order; none left undecryptable")
 
