@@ -431,7 +431,7 @@ async fn send_join(
     tracing::info!(%origin, room = %room_id, event = %computed, "remote join accepted");
     let pdus = |v: &[Arc<ganglion_core::Pdu>]| -> Vec<Value> {
         v.iter()
-            .map(|p| ganglion_rooms::remote_join::federation_pdu(p))
+            .map(|p| ganglion_rooms::remote::federation_pdu(p))
             .collect()
     };
     let mut servers: Vec<String> = joined
@@ -461,7 +461,7 @@ async fn send_join(
         "origin": api.server_name,
         "state": pdus(&joined.state),
         "auth_chain": pdus(&joined.auth_chain),
-        "event": ganglion_rooms::remote_join::value_of(&obj),
+        "event": ganglion_rooms::remote::value_of(&obj),
         "members_omitted": false,
         "servers_in_room": servers,
     })))
@@ -1050,7 +1050,7 @@ async fn invite(
         .await?;
     tracing::info!(%origin, room = %room_id, %invitee, "invite from another server kept");
     Ok(Json(
-        json!({ "event": ganglion_rooms::remote_join::value_of(&event) }),
+        json!({ "event": ganglion_rooms::remote::value_of(&event) }),
     ))
 }
 
@@ -1192,7 +1192,7 @@ async fn get_state(
 ) -> Result<Json<Value>, ApiError> {
     let (ids, chain) = state_before(&api, &origin, &room_id, &q.event_id).await?;
     let pdus = api.rooms.load_pdus(&ids).await?;
-    let as_json = |p: &ganglion_core::Pdu| ganglion_rooms::remote_join::federation_pdu(p);
+    let as_json = |p: &ganglion_core::Pdu| ganglion_rooms::remote::federation_pdu(p);
     Ok(Json(json!({
         "pdus": pdus.values().map(|p| as_json(p)).collect::<Vec<_>>(),
         "auth_chain": chain.iter().map(|p| as_json(p)).collect::<Vec<_>>(),
@@ -1229,7 +1229,7 @@ async fn backfill(
     Ok(Json(json!({
         "origin": api.server_name,
         "origin_server_ts": now_ms(),
-        "pdus": pdus.iter().map(|p| ganglion_rooms::remote_join::federation_pdu(p)).collect::<Vec<_>>(),
+        "pdus": pdus.iter().map(|p| ganglion_rooms::remote::federation_pdu(p)).collect::<Vec<_>>(),
     })))
 }
 
@@ -1267,7 +1267,7 @@ async fn get_missing_events(
         .missing_events(&room, &earliest, &latest, limit, min_depth)
         .await?;
     Ok(Json(json!({
-        "events": events.iter().map(|p| ganglion_rooms::remote_join::federation_pdu(p)).collect::<Vec<_>>(),
+        "events": events.iter().map(|p| ganglion_rooms::remote::federation_pdu(p)).collect::<Vec<_>>(),
     })))
 }
 
@@ -1289,7 +1289,7 @@ async fn event_auth(
     let roots: Vec<String> = event.auth_events.iter().map(ToString::to_string).collect();
     let chain = api.rooms.auth_chain(roots).await?;
     Ok(Json(json!({
-        "auth_chain": chain.iter().map(|p| ganglion_rooms::remote_join::federation_pdu(p)).collect::<Vec<_>>(),
+        "auth_chain": chain.iter().map(|p| ganglion_rooms::remote::federation_pdu(p)).collect::<Vec<_>>(),
     })))
 }
 

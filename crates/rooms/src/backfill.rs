@@ -14,7 +14,7 @@ use ganglion_core::{Pdu, Result};
 use ganglion_storage::backfill::HistoricEvent;
 use ruma::{EventId, OwnedEventId, RoomId, state_res};
 
-use crate::{Rooms, remote_history, remote_join::parse_remote, storage_error};
+use crate::{Rooms, remote::parse_remote, remote_history, storage_error};
 
 /// How many events one backfill request asks for.
 const BACKFILL_LIMIT: usize = 100;

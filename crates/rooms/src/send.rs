@@ -187,7 +187,7 @@ impl Rooms {
             .values()
             .map(|p| (p.event_id.clone(), &**p))
             .collect();
-        let by_key = crate::remote_join::by_state_key(&loaded);
+        let by_key = crate::remote::by_state_key(&loaded);
         state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
             by_id.get(id).copied()
         })
