@@ -7,6 +7,7 @@ pub mod compute;
 mod e2ee;
 pub mod filter;
 pub mod notifier;
+mod rooms;
 
 use std::time::Duration;
 
