@@ -350,11 +350,24 @@ async fn to_device(ctx: &Ctx, sender: &Session, a: &E2eeArgs) -> Result<()> {
         "account_data": {"not_types": ["*"]},
         "room": {"ephemeral": {"not_types": ["*"]}, "account_data": {"not_types": ["*"]}},
     });
-    let filters: Vec<String> = stream::iter(&recipients)
-        .map(|s| ctx.http.upload_filter(s, &filter))
+    // One filter per user, used by all of its devices (filter ids belong to the user).
+    // Uploaded from one device each: Ganglion answers 500 to concurrent uploads by one
+    // user (two get the same new filter id).
+    let mut firsts: Vec<&Session> = recipients.iter().collect();
+    firsts.dedup_by(|a, b| a.user_id == b.user_id);
+    let filter = &filter;
+    let per_user: BTreeMap<String, String> = stream::iter(firsts)
+        .map(|s| async move {
+            let id = ctx.http.upload_filter(s, filter).await?;
+            Ok::<_, crate::Error>((s.user_id.clone(), id))
+        })
         .buffered(ctx.setup_concurrency)
         .try_collect()
         .await?;
+    let filters: Vec<String> = recipients
+        .iter()
+        .map(|s| per_user.get(&s.user_id).cloned().unwrap_or_default())
+        .collect();
     let since: Vec<String> = stream::iter(recipients.iter().zip(&filters))
         .map(|(s, f)| async move {
             let v = ctx.http.sync(s, None, Some(f), 0).await?;
