@@ -421,11 +421,11 @@ async fn run_all(ctx: &Ctx, a: &AllArgs) -> Result<()> {
             failures.push(format!("initial-sync: {e}"));
         }
     }
-    if only.contains(&"e2ee") {
-        if let Err(e) = scenarios::e2ee::run(ctx, &E2eeArgs::for_all(q)).await {
-            ctx.rep.say(&format!("e2ee FAILED: {e}"));
-            failures.push(format!("e2ee: {e}"));
-        }
+    if only.contains(&"e2ee")
+        && let Err(e) = scenarios::e2ee::run(ctx, &E2eeArgs::for_all(q)).await
+    {
+        ctx.rep.say(&format!("e2ee FAILED: {e}"));
+        failures.push(format!("e2ee: {e}"));
     }
     ctx.rep.say(&format!(
         "all scenarios done in {:.1}s",
