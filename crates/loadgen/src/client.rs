@@ -82,6 +82,8 @@ pub struct Http {
 pub struct Session {
     pub user_id: String,
     pub access_token: String,
+    /// The device the token belongs to (empty if the server did not say).
+    pub device_id: String,
 }
 
 impl Http {
@@ -379,10 +381,56 @@ impl Http {
     }
 }
 
+impl Http {
+    /// `POST` of a JSON body as `s`; the parsed answer.
+    async fn post(&self, s: &Session, path: &str, body: &Value) -> Result<Value> {
+        self.call(Method::POST, path, Some(&s.access_token), Some(body), None)
+            .await
+    }
+
+    /// `POST /keys/upload`: device keys, one-time keys and/or fallback keys of `s`'s device.
+    pub async fn upload_keys(&self, s: &Session, body: &Value) -> Result<Value> {
+        self.post(s, "/_matrix/client/v3/keys/upload", body).await
+    }
+
+    /// `POST /keys/query`: the device keys of the users in `body.device_keys`.
+    pub async fn query_keys(&self, s: &Session, body: &Value) -> Result<Value> {
+        self.post(s, "/_matrix/client/v3/keys/query", body).await
+    }
+
+    /// `POST /keys/claim`: one one-time key of each (user, device) in `body.one_time_keys`.
+    pub async fn claim_keys(&self, s: &Session, body: &Value) -> Result<Value> {
+        self.post(s, "/_matrix/client/v3/keys/claim", body).await
+    }
+
+    /// `PUT /sendToDevice/{eventType}/{txnId}` with `body.messages`.
+    pub async fn send_to_device(
+        &self,
+        s: &Session,
+        event_type: &str,
+        txn: &str,
+        body: &Value,
+    ) -> Result<()> {
+        let path = format!(
+            "/_matrix/client/v3/sendToDevice/{}/{}",
+            enc(event_type),
+            enc(txn)
+        );
+        self.call(Method::PUT, &path, Some(&s.access_token), Some(body), None)
+            .await?;
+        Ok(())
+    }
+}
+
 fn session_from(value: &Value) -> Result<Session> {
     Ok(Session {
         user_id: str_field(value, "user_id")?,
         access_token: str_field(value, "access_token")?,
+        device_id: value
+            .get("device_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
     })
 }
 

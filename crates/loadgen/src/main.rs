@@ -77,6 +77,9 @@ enum Command {
     Fanout(FanoutArgs),
     /// Initial sync (no since token) of a user in R rooms with M messages each.
     InitialSync(InitialSyncArgs),
+    /// End-to-end encryption: /keys/claim for many devices, /keys/query for many users, and
+    /// one /sendToDevice to many long-polling devices.
+    E2ee(E2eeArgs),
     /// Every scenario in turn, as the acceptance benchmark defines it.
     All(AllArgs),
     /// Federation, inbound: a fake remote server sends transactions of 50 PDUs into one room.
@@ -152,6 +155,76 @@ pub struct InitialSyncArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct E2eeArgs {
+    /// Users whose devices one /keys/claim asks a one-time key of.
+    #[arg(long, default_value_t = 20)]
+    pub claim_users: usize,
+    /// Devices of each of those users.
+    #[arg(long, default_value_t = 5)]
+    pub claim_devices: usize,
+    /// Measured /keys/claim requests.
+    #[arg(long, default_value_t = 20)]
+    pub reps_claim: usize,
+    /// Users (one device each) one /keys/query asks for.
+    #[arg(long, default_value_t = 500)]
+    pub query_users: usize,
+    /// Measured /keys/query requests.
+    #[arg(long, default_value_t = 20)]
+    pub reps_query: usize,
+    /// Users whose devices receive the /sendToDevice.
+    #[arg(long, default_value_t = 40)]
+    pub td_users: usize,
+    /// Devices of each of those users, each long-polling /sync.
+    #[arg(long, default_value_t = 5)]
+    pub td_devices: usize,
+    /// Measured /sendToDevice requests.
+    #[arg(long, default_value_t = 10)]
+    pub reps_to_device: usize,
+    /// One-time keys each device uploads at a time.
+    #[arg(long, default_value_t = 5)]
+    pub otks: usize,
+    /// Unmeasured repetitions before each measurement.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Pause after every device got a to-device message, before the next send.
+    #[arg(long, default_value_t = 300)]
+    pub interval_ms: u64,
+    /// The long-poll timeout the recipient devices ask for.
+    #[arg(long, default_value_t = 30_000)]
+    pub sync_timeout_ms: u64,
+    /// Give up on a to-device message this long after its send started (counted as missed).
+    #[arg(long, default_value_t = 20.0)]
+    pub deliver_timeout_s: f64,
+}
+
+impl E2eeArgs {
+    /// The counts `all` uses: the defaults, or small ones for `--quick`.
+    fn for_all(quick: bool) -> Self {
+        let mut a = Self {
+            claim_users: 20,
+            claim_devices: 5,
+            reps_claim: 20,
+            query_users: 500,
+            reps_query: 20,
+            td_users: 40,
+            td_devices: 5,
+            reps_to_device: 10,
+            otks: 5,
+            warmup: 1,
+            interval_ms: 300,
+            sync_timeout_ms: 30_000,
+            deliver_timeout_s: 20.0,
+        };
+        if quick {
+            (a.claim_users, a.reps_claim) = (4, 5);
+            (a.query_users, a.reps_query) = (50, 5);
+            (a.td_users, a.reps_to_device) = (4, 3);
+        }
+        a
+    }
+}
+
+#[derive(Args, Debug, Clone)]
 struct AllArgs {
     /// Small counts, for smoke tests.
     #[arg(long)]
@@ -186,8 +259,8 @@ struct AllArgs {
     /// Measured initial syncs.
     #[arg(long)]
     isync_runs: Option<usize>,
-    /// Scenarios to run, comma-separated, from register,send,fanout,initial-sync.
-    #[arg(long, default_value = "register,send,fanout,initial-sync")]
+    /// Scenarios to run, comma-separated, from register,send,fanout,initial-sync,e2ee.
+    #[arg(long, default_value = "register,send,fanout,initial-sync,e2ee")]
     only: String,
 }
 
@@ -267,6 +340,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Fanout(a) => scenarios::fanout::run(&ctx, &a).await,
         Command::InitialSync(a) => scenarios::initial_sync::run(&ctx, &a).await,
+        Command::E2ee(a) => scenarios::e2ee::run(&ctx, &a).await,
         Command::All(a) => run_all(&ctx, &a).await,
         Command::FedInbound(a) => fed::inbound::run(&ctx, &a).await,
         Command::FedFanout(a) => fed::fanout::run(&ctx, &a).await,
@@ -346,6 +420,12 @@ async fn run_all(ctx: &Ctx, a: &AllArgs) -> Result<()> {
             ctx.rep.say(&format!("initial-sync FAILED: {e}"));
             failures.push(format!("initial-sync: {e}"));
         }
+    }
+    if only.contains(&"e2ee")
+        && let Err(e) = scenarios::e2ee::run(ctx, &E2eeArgs::for_all(q)).await
+    {
+        ctx.rep.say(&format!("e2ee FAILED: {e}"));
+        failures.push(format!("e2ee: {e}"));
     }
     ctx.rep.say(&format!(
         "all scenarios done in {:.1}s",

@@ -1,6 +1,7 @@
 //! The scenarios, and the set-up steps they share (users, rooms, seed messages). Set-up is
 //! never measured; it runs with `--setup-concurrency` requests in flight.
 
+pub mod e2ee;
 pub mod fanout;
 pub mod initial_sync;
 pub mod register;
