@@ -259,6 +259,7 @@ impl Keys {
         }
         let mut claimed = Claimed::new();
         let mut failures = BTreeMap::new();
+        let mut local: Vec<(&OwnedUserId, &OwnedDeviceId, &OneTimeKeyAlgorithm)> = Vec::new();
         for (user, devices) in wanted {
             if !self.is_local(user) {
                 failures.insert(
@@ -267,23 +268,23 @@ impl Keys {
                 );
                 continue;
             }
-            for (device, alg) in devices {
-                let key = self
-                    .store
-                    .claim_key(user.as_str(), device.as_str(), alg.as_str())
-                    .await
-                    .map_err(storage_error)?;
-                if let Some((key_id, json)) = key {
-                    let value: Value = serde_json::from_str(&json)
-                        .map_err(|e| Error::internal(format!("e2e key: {e}")))?;
-                    claimed
-                        .entry(user.clone())
-                        .or_default()
-                        .entry(device.clone())
-                        .or_default()
-                        .insert(format!("{alg}:{key_id}"), value);
-                }
-            }
+            local.extend(devices.iter().map(|(device, alg)| (user, device, alg)));
+        }
+        let rows: Vec<(String, String, String)> = local
+            .iter()
+            .map(|(u, d, a)| (u.to_string(), d.to_string(), a.to_string()))
+            .collect();
+        let keys = self.store.claim_keys(&rows).await.map_err(storage_error)?;
+        for ((user, device, alg), key) in local.into_iter().zip(keys) {
+            let Some((key_id, json)) = key else { continue };
+            let value: Value = serde_json::from_str(&json)
+                .map_err(|e| Error::internal(format!("e2e key: {e}")))?;
+            claimed
+                .entry(user.clone())
+                .or_default()
+                .entry(device.clone())
+                .or_default()
+                .insert(format!("{alg}:{key_id}"), value);
         }
         Ok((claimed, failures))
     }

@@ -202,70 +202,26 @@ impl Store {
         Ok(rows.into_iter().map(|(a,)| a).collect())
     }
 
-    /// Claims a key of `algorithm` for a device: a one-time key, removed as it is handed
-    /// out, else the fallback key (marked used, kept). `None` if the device has neither.
+    /// Claims a key for each (user, device, algorithm) of `wanted`, all in one
+    /// transaction: a one-time key, removed as it is handed out, else the fallback key
+    /// (marked used, kept). `None` where the device has neither. Answers in the order of
+    /// `wanted`.
     ///
     /// Each one-time key goes to one claimer only: the DELETE decides, and a claimer that
-    /// lost a race for a key tries the next one.
-    pub async fn claim_key(
+    /// lost a race for a key tries the next one. Callers pass `wanted` sorted (by user,
+    /// then device), so concurrent claims take their row locks in the same order and
+    /// cannot deadlock.
+    pub async fn claim_keys(
         &self,
-        user_id: &str,
-        device_id: &str,
-        algorithm: &str,
-    ) -> Result<Option<(String, String)>> {
-        let mut tx = self.begin("claim_key").await?;
-        loop {
-            let candidate: Option<(String, String)> = sqlx::query_as(
-                "SELECT key_id, key_json FROM e2e_one_time_keys
-                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY key_id LIMIT 1",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(algorithm)
-            .fetch_optional(tx.conn())
-            .await?;
-            let Some((key_id, key_json)) = candidate else {
-                break;
-            };
-            let taken = sqlx::query(
-                "DELETE FROM e2e_one_time_keys
-                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(algorithm)
-            .bind(&key_id)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
-            if taken == 1 {
-                tx.commit().await?;
-                return Ok(Some((key_id, key_json)));
-            }
-        }
-        let fallback: Option<(String, String)> = sqlx::query_as(
-            "SELECT key_id, key_json FROM e2e_fallback_keys
-             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(algorithm)
-        .fetch_optional(tx.conn())
-        .await?;
-        if fallback.is_some() {
-            sqlx::query(
-                "UPDATE e2e_fallback_keys SET used = $4
-                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(algorithm)
-            .bind(flag(true))
-            .execute(tx.conn())
-            .await?;
+        wanted: &[(String, String, String)],
+    ) -> Result<Vec<Option<(String, String)>>> {
+        let mut tx = self.begin("claim_keys").await?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for (user_id, device_id, algorithm) in wanted {
+            out.push(claim_one(&mut tx, user_id, device_id, algorithm).await?);
         }
         tx.commit().await?;
-        Ok(fallback)
+        Ok(out)
     }
 
     /// Stores a user's cross-signing key of one type (`master`, `self_signing`,
@@ -349,4 +305,63 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// One claim inside a [`Store::claim_keys`] transaction.
+async fn claim_one(
+    tx: &mut crate::Txn,
+    user_id: &str,
+    device_id: &str,
+    algorithm: &str,
+) -> Result<Option<(String, String)>> {
+    loop {
+        let candidate: Option<(String, String)> = sqlx::query_as(
+            "SELECT key_id, key_json FROM e2e_one_time_keys
+             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY key_id LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(algorithm)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some((key_id, key_json)) = candidate else {
+            break;
+        };
+        let taken = sqlx::query(
+            "DELETE FROM e2e_one_time_keys
+             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(algorithm)
+        .bind(&key_id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        if taken == 1 {
+            return Ok(Some((key_id, key_json)));
+        }
+    }
+    let fallback: Option<(String, String)> = sqlx::query_as(
+        "SELECT key_id, key_json FROM e2e_fallback_keys
+         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(algorithm)
+    .fetch_optional(tx.conn())
+    .await?;
+    if fallback.is_some() {
+        sqlx::query(
+            "UPDATE e2e_fallback_keys SET used = $4
+             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(algorithm)
+        .bind(flag(true))
+        .execute(tx.conn())
+        .await?;
+    }
+    Ok(fallback)
 }

@@ -1,6 +1,6 @@
 //! Per-user data: account data (a stream), filters, send-to-device messages (a stream).
 
-use crate::{Result, Store};
+use crate::{Error, Result, Store};
 
 impl Store {
     /// Upserts account data (`room_id` empty for global) at stream position `stream_id`.
@@ -65,6 +65,20 @@ impl Store {
 
     /// Stores a filter, returning its id (per-user sequence).
     pub async fn insert_filter(&self, user_id: &str, json: &str) -> Result<i64> {
+        // Ids are per user, the next after the highest. Two uploads of one user at the
+        // same moment can pick the same id: the second meets the primary key and tries
+        // again with the next one.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.insert_filter_once(user_id, json).await {
+                Err(Error::Conflict(_)) if attempt < 20 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn insert_filter_once(&self, user_id: &str, json: &str) -> Result<i64> {
         let mut tx = self.begin("insert_filter").await?;
         let (max,): (Option<i64>,) =
             sqlx::query_as("SELECT MAX(filter_id) FROM filters WHERE user_id = $1")
