@@ -435,3 +435,30 @@ async fn sync_details(b: Backend) {
     srv.cleanup().await;
 }
 all3!(sync_details);
+
+/// Filters uploaded at the same moment by one user (each of their devices starting up)
+/// all get ids, each a different one; before, two could pick the same id and one got a
+/// 500.
+async fn concurrent_filter_uploads_get_distinct_ids(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let alice = srv.user("alice").await;
+    let path = format!("/_matrix/client/v3/user/{}/filter", enc(&alice.user_id));
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (alice, path) = (alice.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            alice
+                .post(&path, json!({ "room": { "timeline": { "limit": i + 1 } } }))
+                .await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        let r = t.await.expect("task").ok();
+        let id = r["filter_id"].as_str().expect("filter_id").to_owned();
+        assert!(ids.insert(id), "an id was handed out twice: {ids:?}");
+    }
+    assert_eq!(ids.len(), 12);
+    srv.cleanup().await;
+}
+crate::both!(concurrent_filter_uploads_get_distinct_ids);
