@@ -485,6 +485,16 @@ async def scenario(store_root: str) -> str:
         )
         plain = [t for t in me.raw_types.get(room_id, []) if t == "m.room.message"]
         ensure(not plain, f"{me.name}: the server sent {len(plain)} plaintext m.room.message events in the encrypted room")
+    # Each side's own last messages may still be on their way back in its sync.
+    def mine_in_timeline(d: Device) -> int:
+        return len([ev for ev in d.timeline.get(room_id, []) if isinstance(ev, RoomMessageText) and ev.body.startswith(run)])
+
+    for d in (alice, bob):
+        await wait_until(
+            f"{d.name}'s timeline holds all {2 * MESSAGES} messages",
+            lambda d=d: mine_in_timeline(d) >= 2 * MESSAGES,
+            detail=lambda d=d: f"{mine_in_timeline(d)} so far",
+        )
     order_a = [ev.event_id for ev in alice.timeline[room_id] if isinstance(ev, RoomMessageText) and ev.body.startswith(run)]
     order_b = [ev.event_id for ev in bob.timeline[room_id] if isinstance(ev, RoomMessageText) and ev.body.startswith(run)]
     if order_a != order_b:
