@@ -39,6 +39,10 @@ pub struct FederationApi {
     pub typing: ganglion_rooms::typing::Typing,
     /// The receipts stream (remote users' `m.receipt`).
     pub receipts: Arc<ganglion_rooms::streams::StreamWriter>,
+    /// The device-list stream (remote users' `m.device_list_update`).
+    pub device_lists: Arc<ganglion_rooms::streams::StreamWriter>,
+    /// Our users' device and one-time keys (`/user/keys/*`, `/user/devices`).
+    pub e2e_keys: ganglion_e2ee::Keys,
     /// The outbound client (filling gaps with `/get_missing_events`).
     pub client: ganglion_federation_client::FederationClient,
     /// The sender's back-offs, ended when their destination contacts us.
@@ -150,6 +154,7 @@ pub fn router(api: FederationApi) -> Router {
         .merge(crate::spaces::routes())
         .merge(crate::timestamp::routes())
         .merge(crate::openid::routes())
+        .merge(crate::e2ee::routes())
         .with_state(api)
 }
 
