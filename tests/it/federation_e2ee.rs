@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{
     e2ee::{Key, claim_body, claimed_ids, cross_signing_key, device_keys, one_time_keys},
-    federation::{https, join_by_alias, public_room, signed_get, test_ca},
+    federation::{https, join_by_alias, public_room, signed_get, test_ca, wait_until},
 };
 
 /// A server's signing key, read from its directory.
@@ -239,6 +239,58 @@ async fn keys_are_queried_and_claimed_over_federation() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body["failures"][&two_name].is_object(), "{}", r.body);
+    one.cleanup().await;
+    two.cleanup().await;
+}
+
+/// Whether `user` is in `since`..now's `device_lists.changed` for `c`.
+async fn changed_since(c: &Client, since: &str, user: &str) -> bool {
+    let s = c.sync(Some(since), 0).await;
+    s["device_lists"]["changed"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|u| u == user))
+}
+
+/// An `m.device_list_update` from bob's server about bob shows bob in alice's
+/// `device_lists.changed`; one about a user of another server is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_list_update_edu_reaches_sync() {
+    let ca = test_ca();
+    let (one, one_name, two, two_name, alice, bob) = alice_and_bob(&ca).await;
+    let since = alice.sync(None, 0).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let http = https(&ca);
+    let two_key = key_of(&two);
+    let edu = |user: &str| {
+        json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": user, "device_id": "NEWDEVICE", "stream_id": 1, "prev_id": [] } })
+    };
+    let txn = |edus: Vec<Value>| json!({ "origin": two_name, "origin_server_ts": 1, "pdus": [], "edus": edus });
+    // About alice, who is not of bob's server: refused silently.
+    let (status, v) = signed_send(
+        &http,
+        Some(&two_key),
+        (&two_name, &one_name),
+        reqwest::Method::PUT,
+        &format!("/_matrix/federation/v1/send/t{}", rand::random::<u32>()),
+        &txn(vec![edu(&alice.user_id)]),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(!changed_since(&alice, &since, &alice.user_id).await);
+    let (status, v) = signed_send(
+        &http,
+        Some(&two_key),
+        (&two_name, &one_name),
+        reqwest::Method::PUT,
+        &format!("/_matrix/federation/v1/send/t{}", rand::random::<u32>()),
+        &txn(vec![edu(&bob.user_id)]),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    wait_until(|| changed_since(&alice, &since, &bob.user_id)).await;
     one.cleanup().await;
     two.cleanup().await;
 }

@@ -866,7 +866,8 @@ async fn fill_gap(
 }
 
 /// Applies one EDU from `origin`: typing and read receipts of its own users in rooms
-/// they are joined to. Other EDU types are ignored (not built yet).
+/// they are joined to, and device-list changes of its users. Other EDU types are
+/// ignored (not built yet).
 async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<(), Error> {
     let of_origin =
         |u: &str| ruma::UserId::parse(u).is_ok_and(|u| u.server_name().as_str() == origin);
@@ -952,6 +953,23 @@ async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<()
                         .await?;
                 }
             }
+        }
+        Some("m.device_list_update" | "m.signing_key_update") => {
+            // Spec: Server-Server API, "Device Management". We keep no copy of remote
+            // keys: the change wakes our users who share a room with the user, and their
+            // next `/keys/query` asks the origin again.
+            let user = content
+                .get("user_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !of_origin(user) {
+                return Err(Error::forbidden(
+                    "a device list of a user not of the origin",
+                ));
+            }
+            api.device_lists
+                .record_device_list_change(&api.store, &[user.to_owned()])
+                .await?;
         }
         _ => {}
     }
