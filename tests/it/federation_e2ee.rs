@@ -294,3 +294,39 @@ async fn a_device_list_update_edu_reaches_sync() {
     one.cleanup().await;
     two.cleanup().await;
 }
+
+/// Bob uploads device keys on his server: its sender tells alice's server
+/// (`m.device_list_update`), alice's `/sync` shows bob in `device_lists.changed`, and
+/// her query then finds the new keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_keys_reach_the_other_server_s_sync() {
+    let ca = test_ca();
+    let (one, _one_name, two, _two_name, alice, bob) = alice_and_bob(&ca).await;
+    let since = alice.sync(None, 0).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let key = Key::new(Some(&bob.device_id));
+    let uploaded = device_keys(&bob, &key);
+    let r = bob
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "device_keys": uploaded }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_until(|| changed_since(&alice, &since, &bob.user_id)).await;
+    let q = alice
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &bob.user_id: [] } }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        q["device_keys"][&bob.user_id][&bob.device_id]["keys"], uploaded["keys"],
+        "{q}"
+    );
+    one.cleanup().await;
+    two.cleanup().await;
+}

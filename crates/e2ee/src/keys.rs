@@ -132,7 +132,7 @@ impl Keys {
                 .map_err(storage_error)?;
             if changed {
                 self.device_lists
-                    .record_device_list_change(&self.store, &[user_id.to_owned()])
+                    .record_device_change(&self.store, user_id, device_id)
                     .await?;
             }
         }
