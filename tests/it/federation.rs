@@ -1736,7 +1736,7 @@ async fn a_killed_sender_catches_up_from_its_cursor() {
 }
 
 /// alice (Ganglion) makes a public room with an alias; bob (Synapse) joins it by alias.
-async fn bob_joins_alices_room(
+pub(crate) async fn bob_joins_alices_room(
     srv: &TestServer,
     name: &str,
     synapse: &Synapse,

@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 
 use crate::{
     e2ee::{Key, claim_body, claimed_ids, cross_signing_key, device_keys, one_time_keys},
-    federation::{https, join_by_alias, public_room, signed_get, test_ca, wait_until},
+    federation::{
+        Synapse, bob_joins_alices_room, https, join_by_alias, public_room, signed_get, test_ca,
+        wait_until,
+    },
 };
 
 /// A server's signing key, read from its directory.
@@ -329,4 +332,75 @@ async fn new_keys_reach_the_other_server_s_sync() {
     );
     one.cleanup().await;
     two.cleanup().await;
+}
+
+/// With Synapse: alice (Ganglion) queries and claims the keys of bob (Synapse) through
+/// her server; alice's new keys reach Synapse as `m.device_list_update`, bob's `/sync`
+/// shows her in `device_lists.changed`, and his query finds her keys (Synapse reads
+/// them from our `/user/devices` or `/user/keys/query`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_cross_with_synapse() {
+    let ca = test_ca();
+    let synapse = Synapse::start(&ca);
+    let (srv, name) = TestServer::start_federating(Backend::Sqlite, &ca).await;
+    let (alice, bob, _room) = bob_joins_alices_room(&srv, &name, &synapse).await;
+    let bob_key = Key::new(Some(&bob.device_id));
+    let bob_device = device_keys(&bob, &bob_key);
+    let r = bob
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({
+                "device_keys": bob_device,
+                "one_time_keys": one_time_keys(&bob, &bob_key, "s", 1),
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let q = alice
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &bob.user_id: [] } }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        q["device_keys"][&bob.user_id][&bob.device_id]["keys"], bob_device["keys"],
+        "{q}"
+    );
+    let claimed = alice
+        .post("/_matrix/client/v3/keys/claim", claim_body(&bob))
+        .await
+        .ok();
+    assert_eq!(
+        claimed_ids(&claimed, &bob),
+        vec!["signed_curve25519:s0".to_owned()],
+        "{claimed}"
+    );
+
+    let since = bob.sync(None, 0).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let alice_key = Key::new(Some(&alice.device_id));
+    let alice_device = device_keys(&alice, &alice_key);
+    let r = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "device_keys": alice_device }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_until(|| changed_since(&bob, &since, &alice.user_id)).await;
+    let q = bob
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice.user_id: [] } }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        q["device_keys"][&alice.user_id][&alice.device_id]["keys"], alice_device["keys"],
+        "{q}"
+    );
+    srv.cleanup().await;
 }
