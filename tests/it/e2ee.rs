@@ -15,15 +15,15 @@ use serde_json::{Value, json};
 use crate::{all3, both};
 
 /// An ed25519 key pair and its public key in unpadded base64.
-struct Key {
+pub(crate) struct Key {
     pair: Ed25519KeyPair,
-    public: String,
+    pub(crate) public: String,
 }
 
 impl Key {
     /// A fresh key whose key name (the part after `ed25519:`) is `name`, or its own
     /// public key when `name` is `None` (as cross-signing keys are named).
-    fn new(name: Option<&str>) -> Key {
+    pub(crate) fn new(name: Option<&str>) -> Key {
         let der = Ed25519KeyPair::generate();
         let probe = Ed25519KeyPair::from_der(&der, "probe".into()).expect("parse");
         let public =
@@ -36,7 +36,7 @@ impl Key {
     }
 
     /// Signs `object` in place as `signer`.
-    fn sign(&self, signer: &str, object: &mut Value) {
+    pub(crate) fn sign(&self, signer: &str, object: &mut Value) {
         let CanonicalJsonValue::Object(mut canonical) =
             CanonicalJsonValue::try_from(object.clone()).expect("canonical")
         else {
@@ -53,7 +53,7 @@ fn b64(text: &str) -> String {
 }
 
 /// Device keys for `c`'s device, signed by the device's own ed25519 key.
-fn device_keys(c: &Client, key: &Key) -> Value {
+pub(crate) fn device_keys(c: &Client, key: &Key) -> Value {
     let mut keys = json!({
         "user_id": c.user_id,
         "device_id": c.device_id,
@@ -68,7 +68,7 @@ fn device_keys(c: &Client, key: &Key) -> Value {
 }
 
 /// `n` signed one-time keys named `{prefix}{i}`.
-fn one_time_keys(c: &Client, key: &Key, prefix: &str, n: usize) -> Value {
+pub(crate) fn one_time_keys(c: &Client, key: &Key, prefix: &str, n: usize) -> Value {
     let mut out = serde_json::Map::new();
     for i in 0..n {
         let mut k = json!({ "key": b64(&format!("otk-{prefix}{i}")) });
@@ -79,7 +79,7 @@ fn one_time_keys(c: &Client, key: &Key, prefix: &str, n: usize) -> Value {
 }
 
 /// A cross-signing key of `usage` for `user`, signed by `signer` if given.
-fn cross_signing_key(user: &str, usage: &str, key: &Key, signer: Option<&Key>) -> Value {
+pub(crate) fn cross_signing_key(user: &str, usage: &str, key: &Key, signer: Option<&Key>) -> Value {
     let mut k = json!({
         "user_id": user,
         "usage": [usage],
@@ -91,12 +91,12 @@ fn cross_signing_key(user: &str, usage: &str, key: &Key, signer: Option<&Key>) -
     k
 }
 
-fn claim_body(c: &Client) -> Value {
+pub(crate) fn claim_body(c: &Client) -> Value {
     json!({ "one_time_keys": { &c.user_id: { &c.device_id: "signed_curve25519" } } })
 }
 
 /// The key ids claimed for `c`'s device in a claim answer.
-fn claimed_ids(answer: &Value, c: &Client) -> Vec<String> {
+pub(crate) fn claimed_ids(answer: &Value, c: &Client) -> Vec<String> {
     answer["one_time_keys"][&c.user_id][&c.device_id]
         .as_object()
         .map(|m| m.keys().cloned().collect())

@@ -1736,7 +1736,7 @@ async fn a_killed_sender_catches_up_from_its_cursor() {
 }
 
 /// alice (Ganglion) makes a public room with an alias; bob (Synapse) joins it by alias.
-async fn bob_joins_alices_room(
+pub(crate) async fn bob_joins_alices_room(
     srv: &TestServer,
     name: &str,
     synapse: &Synapse,
@@ -1763,7 +1763,7 @@ async fn bob_joins_alices_room(
 
 /// A public room made by `c` with a fresh alias `#<prefix><random>`: (room id, alias
 /// local part).
-async fn public_room(c: &Client, prefix: &str) -> (String, String) {
+pub(crate) async fn public_room(c: &Client, prefix: &str) -> (String, String) {
     let local = format!("{prefix}{}", rand::random::<u32>());
     let room = c
         .create_room(json!({ "preset": "public_chat", "room_alias_name": local }))
@@ -1782,7 +1782,7 @@ async fn membership_in(c: &Client, room: &str, user: &str) -> Value {
 }
 
 /// `c` joins `#local:server` (another server's room, by alias); fails unless 200.
-async fn join_by_alias(c: &Client, local: &str, server: &str) {
+pub(crate) async fn join_by_alias(c: &Client, local: &str, server: &str) {
     let joined = c
         .post(
             &format!(

@@ -11,6 +11,7 @@ mod discovery;
 mod e2ee;
 mod features;
 mod federation;
+mod federation_e2ee;
 mod federation_reads;
 mod key_backup;
 mod operations;

@@ -52,6 +52,7 @@ pub fn full_row(n: i64) -> Row {
         kind: "m.room.member".to_owned(),
         state_key: Some(format!("@user{n}:example.org")),
         user_ids: vec!["@a:example.org".to_owned(), "@b:example.org".to_owned()],
+        device_id: format!("DEVICE{n}"),
     }
 }
 

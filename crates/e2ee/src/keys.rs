@@ -2,9 +2,10 @@
 //! `/keys/changes` (spec: Client-Server API, "End-to-End Encryption", "Key management
 //! API").
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use ganglion_core::{Error, Result};
+use ganglion_federation_client::Federation;
 use ganglion_rooms::{storage_error, streams::StreamWriter};
 use ganglion_storage::Store;
 use ruma::{
@@ -41,19 +42,34 @@ pub struct Keys {
     store: Store,
     server_name: OwnedServerName,
     device_lists: Arc<StreamWriter>,
+    federation: Option<Federation>,
+}
+
+/// Who reads keys: one of our users, or another server (which sees only the owners'
+/// own signatures and never a user-signing key).
+#[derive(Debug, Clone, Copy)]
+pub enum Viewer<'a> {
+    /// A local user.
+    User(&'a UserId),
+    /// A remote server, over federation.
+    Server,
 }
 
 impl Keys {
-    /// The service over its dependencies; `device_lists` is main's device-list writer.
+    /// The service over its dependencies; `device_lists` is main's device-list writer;
+    /// `federation` the outbound client (None when federation is off: other servers'
+    /// users then get a `failures` entry).
     pub fn new(
         store: Store,
         server_name: OwnedServerName,
         device_lists: Arc<StreamWriter>,
+        federation: Option<Federation>,
     ) -> Keys {
         Keys {
             store,
             server_name,
             device_lists,
+            federation,
         }
     }
 
@@ -116,7 +132,7 @@ impl Keys {
                 .map_err(storage_error)?;
             if changed {
                 self.device_lists
-                    .record_device_list_change(&self.store, &[user_id.to_owned()])
+                    .record_device_change(&self.store, user_id, device_id)
                     .await?;
             }
         }
@@ -148,25 +164,38 @@ impl Keys {
     /// `POST /keys/query` for `requester`: the device keys and cross-signing keys of the
     /// users asked for (an empty device list means every device). Signatures uploaded on
     /// a user's keys are merged in; a signature made with someone else's user-signing key
-    /// only when the requester made it. Users of other servers get a `failures` entry
-    /// for their server until keys are fetched over federation.
+    /// only when the requester made it. Users of other servers are asked of their server
+    /// (see [`crate::remote`]); a server that fails gets a `failures` entry.
     pub async fn query(
         &self,
         requester: &UserId,
         wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+        timeout: Option<Duration>,
+    ) -> Result<QueryResult> {
+        let (local, remote): (BTreeMap<_, _>, BTreeMap<_, _>) = wanted
+            .iter()
+            .map(|(u, d)| (u.clone(), d.clone()))
+            .partition(|(u, _)| self.is_local(u));
+        let mut out = self.query_local(Viewer::User(requester), &local).await?;
+        if !remote.is_empty() {
+            crate::remote::query(self.federation.as_ref(), &remote, timeout, &mut out).await;
+        }
+        Ok(out)
+    }
+
+    /// The keys of our own users in `wanted` as `viewer` may see them; other users are
+    /// skipped.
+    pub async fn query_local(
+        &self,
+        viewer: Viewer<'_>,
+        wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
     ) -> Result<QueryResult> {
         let mut out = QueryResult::default();
-        let mut local = Vec::new();
-        for user in wanted.keys() {
-            if self.is_local(user) {
-                local.push(user.to_string());
-            } else {
-                out.failures.insert(
-                    user.server_name().to_string(),
-                    serde_json::json!({ "status": 503, "message": "Not ready for retry" }),
-                );
-            }
-        }
+        let local: Vec<String> = wanted
+            .keys()
+            .filter(|u| self.is_local(u))
+            .map(ToString::to_string)
+            .collect();
         if local.is_empty() {
             return Ok(out);
         }
@@ -190,13 +219,7 @@ impl Keys {
                 continue;
             }
             let mut keys = parse_object("e2e_device_keys", &row.key_json)?;
-            merge_signatures(
-                &mut keys,
-                &signatures,
-                &row.user_id,
-                &row.device_id,
-                requester,
-            );
+            merge_signatures(&mut keys, &signatures, &row.user_id, &row.device_id, viewer);
             if let Some(name) = row.display_name {
                 let unsigned = keys
                     .entry("unsigned")
@@ -221,7 +244,7 @@ impl Keys {
             };
             let mut key = parse_object("e2e_cross_signing_keys", &json)?;
             if let Some(public) = crate::signing::public_key_id(&key) {
-                merge_signatures(&mut key, &signatures, &user_id, &public, requester);
+                merge_signatures(&mut key, &signatures, &user_id, &public, viewer);
             }
             let key = Value::Object(key);
             match key_type.as_str() {
@@ -231,7 +254,7 @@ impl Keys {
                 "self_signing" => {
                     out.self_signing_keys.insert(user, key);
                 }
-                "user_signing" if user == requester => {
+                "user_signing" if matches!(viewer, Viewer::User(r) if r == user) => {
                     out.user_signing_keys.insert(user, key);
                 }
                 _ => {}
@@ -243,29 +266,44 @@ impl Keys {
     /// `POST /keys/claim`: one key per (user, device) of the algorithm asked for, a
     /// one-time key if any is left (handed out once, then gone), else the fallback key.
     /// An algorithm that is not a one-time key algorithm is refused with 400
-    /// `M_INVALID_PARAM` before anything is claimed.
+    /// `M_INVALID_PARAM` before anything is claimed. Users of other servers are claimed
+    /// from their server; a server that fails gets a `failures` entry.
     pub async fn claim(
         &self,
         wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+        timeout: Option<Duration>,
     ) -> Result<(Claimed, BTreeMap<String, Value>)> {
-        for devices in wanted.values() {
-            for alg in devices.values() {
-                if !matches!(alg, OneTimeKeyAlgorithm::SignedCurve25519) {
-                    return Err(Error::invalid_param(format!(
-                        "unknown one-time key algorithm {alg}"
-                    )));
-                }
-            }
-        }
-        let mut claimed = Claimed::new();
+        check_algorithms(wanted)?;
+        let (local, remote): (BTreeMap<_, _>, BTreeMap<_, _>) = wanted
+            .iter()
+            .map(|(u, d)| (u.clone(), d.clone()))
+            .partition(|(u, _)| self.is_local(u));
+        let mut claimed = self.claim_local(&local).await?;
         let mut failures = BTreeMap::new();
+        if !remote.is_empty() {
+            crate::remote::claim(
+                self.federation.as_ref(),
+                &remote,
+                timeout,
+                &mut claimed,
+                &mut failures,
+            )
+            .await;
+        }
+        Ok((claimed, failures))
+    }
+
+    /// Claims keys of our own users' devices in `wanted` (others are skipped), with the
+    /// same rules as [`Keys::claim`]; for another server's `/user/keys/claim`.
+    pub async fn claim_local(
+        &self,
+        wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    ) -> Result<Claimed> {
+        check_algorithms(wanted)?;
+        let mut claimed = Claimed::new();
         let mut local: Vec<(&OwnedUserId, &OwnedDeviceId, &OneTimeKeyAlgorithm)> = Vec::new();
         for (user, devices) in wanted {
             if !self.is_local(user) {
-                failures.insert(
-                    user.server_name().to_string(),
-                    serde_json::json!({ "status": 503, "message": "Not ready for retry" }),
-                );
                 continue;
             }
             local.extend(devices.iter().map(|(device, alg)| (user, device, alg)));
@@ -286,8 +324,84 @@ impl Keys {
                 .or_default()
                 .insert(format!("{alg}:{key_id}"), value);
         }
-        Ok((claimed, failures))
+        Ok(claimed)
     }
+
+    /// Another server's `GET /user/devices/{userId}` for one of our users: the device
+    /// list's position, every device with keys (as a remote server sees them) and the
+    /// master and self-signing keys. 400 `M_INVALID_PARAM` for a user not of this server
+    /// (Synapse `handlers/device.py`, `on_federation_query_user_devices`).
+    pub async fn user_devices(&self, user: &UserId) -> Result<UserDevices> {
+        if !self.is_local(user) {
+            return Err(Error::invalid_param(
+                "User is not hosted on this homeserver",
+            ));
+        }
+        let wanted = BTreeMap::from([(user.to_owned(), Vec::new())]);
+        let mut found = self.query_local(Viewer::Server, &wanted).await?;
+        let devices = found
+            .device_keys
+            .remove(user)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(device_id, mut keys)| {
+                let name = keys
+                    .get_mut("unsigned")
+                    .and_then(Value::as_object_mut)
+                    .and_then(|u| u.remove("device_display_name"));
+                if keys
+                    .get("unsigned")
+                    .and_then(Value::as_object)
+                    .is_some_and(Map::is_empty)
+                    && let Some(k) = keys.as_object_mut()
+                {
+                    k.remove("unsigned");
+                }
+                let mut device = Map::new();
+                device.insert("device_id".into(), Value::String(device_id.to_string()));
+                device.insert("keys".into(), keys);
+                if let Some(name) = name {
+                    device.insert("device_display_name".into(), name);
+                }
+                Value::Object(device)
+            })
+            .collect();
+        Ok(UserDevices {
+            stream_id: self.device_lists.committed(),
+            devices,
+            master_key: found.master_keys.remove(user),
+            self_signing_key: found.self_signing_keys.remove(user),
+        })
+    }
+}
+
+/// What `GET /user/devices/{userId}` answers, before it becomes JSON.
+#[derive(Debug)]
+pub struct UserDevices {
+    /// The device-list stream's position.
+    pub stream_id: ganglion_core::StreamPos,
+    /// `{device_id, keys, device_display_name?}` per device with keys.
+    pub devices: Vec<Value>,
+    /// The master key, if any.
+    pub master_key: Option<Value>,
+    /// The self-signing key, if any.
+    pub self_signing_key: Option<Value>,
+}
+
+/// Refuses an algorithm that is not a one-time key algorithm (400 `M_INVALID_PARAM`).
+fn check_algorithms(
+    wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+) -> Result<()> {
+    for devices in wanted.values() {
+        for alg in devices.values() {
+            if !matches!(alg, OneTimeKeyAlgorithm::SignedCurve25519) {
+                return Err(Error::invalid_param(format!(
+                    "unknown one-time key algorithm {alg}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks uploaded device keys: they must be an object naming the caller and their

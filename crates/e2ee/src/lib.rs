@@ -4,14 +4,16 @@
 //! Client-Server handlers that call it (spec: Client-Server API, "End-to-End Encryption",
 //! "Send-to-Device messaging", "Server-side key backups").
 //!
-//! Depends on `core`, `storage`, `bus`, `rooms` (stream writers), `http` and
-//! `account-api` (user-interactive auth for replacing cross-signing keys). Holds no SQL:
+//! Depends on `core`, `storage`, `bus`, `rooms` (stream writers), `http`,
+//! `account-api` (user-interactive auth for replacing cross-signing keys) and
+//! `federation-client` (other servers' users' keys, `remote`). Holds no SQL:
 //! every statement is a `Store` method. Must NOT know about `/sync` (the sync crate reads
 //! what these services write, and serves `/keys/changes` beside `/sync`) or the
 //! federation listener.
 
 pub mod backup;
 pub mod keys;
+mod remote;
 mod routes;
 pub mod signing;
 pub mod to_device;

@@ -55,7 +55,10 @@ async fn get_keys(
     State(api): State<E2eeApi>,
     req: Authed<get_keys::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    let found = api.keys.query(req.user(), &req.body.device_keys).await?;
+    let found = api
+        .keys
+        .query(req.user(), &req.body.device_keys, req.body.timeout)
+        .await?;
     Ok(Json(json!({
         "device_keys": found.device_keys,
         "master_keys": found.master_keys,
@@ -71,7 +74,10 @@ async fn claim_keys(
     State(api): State<E2eeApi>,
     req: Authed<claim_keys::v3::Request>,
 ) -> ApiResult<Json<Value>> {
-    let (claimed, failures) = api.keys.claim(&req.body.one_time_keys).await?;
+    let (claimed, failures) = api
+        .keys
+        .claim(&req.body.one_time_keys, req.body.timeout)
+        .await?;
     Ok(Json(
         json!({ "one_time_keys": claimed, "failures": failures }),
     ))

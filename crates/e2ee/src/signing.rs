@@ -58,19 +58,20 @@ pub(crate) fn public_key_id(key: &Map<String, Value>) -> Option<String> {
 }
 
 /// Adds to `key` the stored signatures on (`target_user`, `target_key_id`) that
-/// `requester` may see: those the owner made, and those the requester made.
+/// `viewer` may see: those the owner made, and (for a local user) those they made.
 pub(crate) fn merge_signatures(
     key: &mut Map<String, Value>,
     rows: &[SignatureRow],
     target_user: &str,
     target_key_id: &str,
-    requester: &UserId,
+    viewer: crate::keys::Viewer<'_>,
 ) {
     for (t_user, t_key, signer, signer_key, signature) in rows {
         if t_user != target_user || t_key != target_key_id {
             continue;
         }
-        if signer != target_user && signer != requester.as_str() {
+        let by_viewer = matches!(viewer, crate::keys::Viewer::User(r) if signer == r.as_str());
+        if signer != target_user && !by_viewer {
             continue;
         }
         let sigs = key

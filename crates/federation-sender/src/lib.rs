@@ -1,6 +1,6 @@
 //! federation-sender: outbound transactions (spec: Server-Server API, "Transactions";
-//! docs/architecture.md, Federation, Sender). Follows the events, typing and receipts
-//! streams; every event sent by one of our users in a room with members on other
+//! docs/architecture.md, Federation, Sender). Follows the events, typing, receipts and
+//! device-list streams; every event sent by one of our users in a room with members on other
 //! servers is queued for each of those servers, with our users' typing changes
 //! (`m.typing`) and public read receipts (`m.receipt`). One transaction in flight per
 //! destination (at most 50 PDUs and 100 EDUs), retried with exponential back-off
@@ -23,7 +23,8 @@
 //! A destination that contacts us while we back off from it is retried at once
 //! ([`Wakers`]; only where the inbound listener and the sender share a process).
 //!
-//! Not built yet: presence and device-list EDUs.
+//! Device-list changes of our users go as `m.device_list_update` (with an empty
+//! `prev_id`, so the receiver resyncs through `/user/devices`). Not built yet: presence.
 //!
 //! Depends on `core`, `storage`, `bus`, `cluster` and `federation-client`. It must NOT
 //! depend on `rooms` or any API crate, serve HTTP, or write anything but its cursors
@@ -209,6 +210,12 @@ async fn follow(
                 }
                 continue;
             }
+            Delivery::Entry(e) if e.stream == StreamKind::DeviceLists as i32 => {
+                for (dest, edu) in device_list_edus(&shared, &e).await {
+                    queues.send(&dest, Outgoing::Edu(edu));
+                }
+                continue;
+            }
             Delivery::Entry(_) => continue,
             Delivery::Gap => {
                 tracing::warn!(
@@ -304,6 +311,51 @@ fn edus_of(
                     "event_ids": [row.event_id], "data": { "ts": now_ms() } } } } } }),
             ));
         }
+    }
+    out
+}
+
+/// The `m.device_list_update` EDUs a device-list entry stands for, per destination: one
+/// for each of our users whose row it carries, to every server sharing a joined room
+/// with them. `prev_id` is always empty, which tells the receiver to fetch the whole
+/// list again (`/user/devices`) instead of applying the change (spec: Server-Server
+/// API, "Device Management"); `device_id` is the device whose keys changed, or empty
+/// when the change was not one device's (cross-signing keys, a deleted device). An EDU
+/// lost while a destination is unreachable for long is not caught up.
+async fn device_list_edus(shared: &Shared, entry: &ganglion_bus::Entry) -> Vec<(String, Value)> {
+    let origin = shared.client.origin();
+    let mut out = Vec::new();
+    for row in &entry.rows {
+        if row.user_id.is_empty() || !ours(&row.user_id, origin) {
+            continue;
+        }
+        let rooms = match shared
+            .store
+            .select_user_rooms(&row.user_id, &["join"])
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "federation sender: cannot list a user's rooms");
+                continue;
+            }
+        };
+        let mut servers = HashSet::new();
+        for (room_id, ..) in rooms {
+            match destinations(&shared.store, &room_id, origin).await {
+                Ok(d) => servers.extend(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "federation sender: cannot list the room's servers");
+                }
+            }
+        }
+        let edu = json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": row.user_id,
+            "device_id": row.device_id,
+            "stream_id": entry.pos,
+            "prev_id": [],
+        } });
+        out.extend(servers.into_iter().map(|d| (d, edu.clone())));
     }
     out
 }

@@ -3,6 +3,8 @@
 //!
 //! - [`server`]: the inbound endpoints (keys, transactions, joins, leaves, knocks,
 //!   invites, the room reads, backfill, queries), with [`acl`] for server ACLs;
+//! - [`e2ee`]: our users' device and one-time keys and device lists for other servers
+//!   (the `Keys` service of `e2ee` does the work);
 //! - [`listener`]: the TLS listener.
 //!
 //! Signing keys, the key ring, X-Matrix, PDU signature checks and the outbound client
@@ -13,6 +15,7 @@
 
 pub mod acl;
 pub mod directory;
+pub mod e2ee;
 pub mod listener;
 pub mod openid;
 mod params;

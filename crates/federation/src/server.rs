@@ -39,6 +39,10 @@ pub struct FederationApi {
     pub typing: ganglion_rooms::typing::Typing,
     /// The receipts stream (remote users' `m.receipt`).
     pub receipts: Arc<ganglion_rooms::streams::StreamWriter>,
+    /// The device-list stream (remote users' `m.device_list_update`).
+    pub device_lists: Arc<ganglion_rooms::streams::StreamWriter>,
+    /// Our users' device and one-time keys (`/user/keys/*`, `/user/devices`).
+    pub e2e_keys: ganglion_e2ee::Keys,
     /// The outbound client (filling gaps with `/get_missing_events`).
     pub client: ganglion_federation_client::FederationClient,
     /// The sender's back-offs, ended when their destination contacts us.
@@ -150,6 +154,7 @@ pub fn router(api: FederationApi) -> Router {
         .merge(crate::spaces::routes())
         .merge(crate::timestamp::routes())
         .merge(crate::openid::routes())
+        .merge(crate::e2ee::routes())
         .with_state(api)
 }
 
@@ -861,7 +866,8 @@ async fn fill_gap(
 }
 
 /// Applies one EDU from `origin`: typing and read receipts of its own users in rooms
-/// they are joined to. Other EDU types are ignored (not built yet).
+/// they are joined to, and device-list changes of its users. Other EDU types are
+/// ignored (not built yet).
 async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<(), Error> {
     let of_origin =
         |u: &str| ruma::UserId::parse(u).is_ok_and(|u| u.server_name().as_str() == origin);
@@ -947,6 +953,23 @@ async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<()
                         .await?;
                 }
             }
+        }
+        Some("m.device_list_update" | "m.signing_key_update") => {
+            // Spec: Server-Server API, "Device Management". We keep no copy of remote
+            // keys: the change wakes our users who share a room with the user, and their
+            // next `/keys/query` asks the origin again.
+            let user = content
+                .get("user_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !of_origin(user) {
+                return Err(Error::forbidden(
+                    "a device list of a user not of the origin",
+                ));
+            }
+            api.device_lists
+                .record_device_list_change(&api.store, &[user.to_owned()])
+                .await?;
         }
         _ => {}
     }

@@ -173,6 +173,7 @@ impl Task {
                 kind: ev.kind.clone(),
                 state_key: ev.state_key.clone(),
                 user_ids: Vec::new(),
+                device_id: String::new(),
             });
             replies.push((job.reply, p));
         }

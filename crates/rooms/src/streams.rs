@@ -194,10 +194,33 @@ impl StreamWriter {
         store: &Store,
         users: &[String],
     ) -> Result<StreamPos, Error> {
+        self.record_device_changes(store, users, "").await
+    }
+
+    /// [`StreamWriter::record_device_list_change`] for one device of `user` (its keys
+    /// changed): the user's row names the device, for the federation sender's
+    /// `m.device_list_update`.
+    pub async fn record_device_change(
+        &self,
+        store: &Store,
+        user: &str,
+        device: &str,
+    ) -> Result<StreamPos, Error> {
+        self.record_device_changes(store, &[user.to_owned()], device)
+            .await
+    }
+
+    async fn record_device_changes(
+        &self,
+        store: &Store,
+        users: &[String],
+        device: &str,
+    ) -> Result<StreamPos, Error> {
         let mut rows = Vec::new();
         for user in users {
             rows.push(Row {
                 user_id: user.clone(),
+                device_id: device.to_owned(),
                 ..Default::default()
             });
             let rooms = store

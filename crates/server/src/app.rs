@@ -164,6 +164,12 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         default_version,
         outbound.clone(),
     );
+    let e2e_keys = Keys::new(
+        store.clone(),
+        server_name.clone(),
+        writers.device_lists.clone(),
+        outbound.clone(),
+    );
     let federation = match &outbound {
         Some(ganglion_federation_client::Federation { client, keys }) => {
             // In the split shape the federation-sender processes send instead.
@@ -195,6 +201,8 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 rooms: rooms.clone(),
                 typing: typing.clone(),
                 receipts: writers.receipts.clone(),
+                device_lists: writers.device_lists.clone(),
+                e2e_keys: e2e_keys.clone(),
                 client: client.clone(),
                 wakers,
                 txns: Default::default(),
@@ -257,11 +265,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         Some(writers.device_lists.clone()),
     );
     let e2ee = E2eeApi {
-        keys: Keys::new(
-            store.clone(),
-            server_name.clone(),
-            writers.device_lists.clone(),
-        ),
+        keys: e2e_keys,
         to_device: ToDevice::new(store.clone(), server_name, writers.to_device.clone()),
         accounts: accounts.clone(),
         backup: Backup::new(store.clone()),
