@@ -81,7 +81,7 @@ impl Accounts {
 }
 
 /// Runs a multi-write operation on its own task and waits for it, so a client that hangs
-/// up mid-way does not leave it half done (STYLE §6).
+/// up mid-way does not leave it half done.
 async fn detached<F>(work: F) -> Result<()>
 where
     F: Future<Output = Result<()>> + Send + 'static,

@@ -1,4 +1,4 @@
-//! bus-redis: the replication bus over Redis Streams (ARCHITECTURE §3, STACK §5).
+//! bus-redis: the replication bus over Redis Streams (docs/architecture.md, "Streams and positions").
 //!
 //! [`connect`] returns a [`ganglion_bus::Bus`], the same handle the in-process bus gives.
 //! Each entry is prost-encoded into the field [`ENTRY_FIELD`] of an `XADD` to its stream

@@ -1,6 +1,6 @@
 //! The reader task: follows every stream key with plain `XREAD BLOCK` on a connection of
-//! its own (no response timeout, STACK §5.3) and fans entries out to this process's
-//! subscribers.
+//! its own (with no response timeout: a blocking read must not time out) and fans entries
+//! out to this process's subscribers.
 //!
 //! It delivers [`ganglion_bus::Delivery::Gap`] whenever it cannot be sure it saw every
 //! entry since the last one it delivered:

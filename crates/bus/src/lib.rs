@@ -1,4 +1,4 @@
-//! bus: the replication doorbell (ARCHITECTURE §3).
+//! bus: the replication doorbell (docs/architecture.md, "Streams and positions").
 //!
 //! Writers publish an [`Entry`] after their transaction commits; readers follow every
 //! entry and fetch payloads from the database. This crate holds the [`Bus`] handle, the

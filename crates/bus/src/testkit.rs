@@ -1,4 +1,4 @@
-//! The behavioural suite every [`Bus`] implementation passes (STYLE §4, §10: one suite, a
+//! The behavioural suite every [`Bus`] implementation passes (one suite, a
 //! generic async fn per case, run against every backend).
 //!
 //! Each case takes a [`BusFactory`]: every handle it makes is on the same bus, as the

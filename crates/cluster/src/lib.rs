@@ -1,4 +1,4 @@
-//! Elastic membership (ARCHITECTURE §7). Every process of a role holds a lease row in the
+//! Elastic membership (docs/decisions/0003-membership-leases.md). Every process of a role holds a lease row in the
 //! database and renews it each heartbeat; the role's live members are the rows whose
 //! lease has not run out. Keys of sharded work (federation destinations, push users) go
 //! to members by rendezvous hashing, so a member joining or leaving moves only the keys

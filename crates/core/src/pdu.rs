@@ -1,4 +1,4 @@
-//! Our PDU type. ruma has none (STACK §2.3).
+//! Our PDU type (ruma has none).
 //!
 //! The record is the event's canonical JSON exactly as it was signed (`json`); the other
 //! fields are parsed from it once and never re-serialised, so fields we do not know

@@ -1,7 +1,7 @@
 //! Stream positions and the tokens clients hold.
 //!
 //! Every change other processes must learn about is a row in a stream with a
-//! monotonically allocated position (ARCHITECTURE §3–§4). A `/sync` token is a tuple of
+//! monotonically allocated position (docs/architecture.md, "Streams and positions", "Token formats"). A `/sync` token is a tuple of
 //! positions, one per stream. Its text form is versioned and positional:
 //!
 //! `g1_{events}_{typing}_{receipts}_{account_data}_{to_device}_{device_lists}_{presence}_{push_rules}`

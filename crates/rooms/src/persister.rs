@@ -1,4 +1,4 @@
-//! Main's event persister: the single writer of the events stream (ARCHITECTURE §5).
+//! Main's event persister: the single writer of the events stream (docs/architecture.md, "Events").
 //!
 //! Callers hand over one prepared event each and await its position. The persister task
 //! takes whatever is queued (up to [`MAX_BATCH`]) and writes it in one transaction, so

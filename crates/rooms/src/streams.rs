@@ -77,7 +77,7 @@ impl StreamWriter {
     }
 
     /// Announces the current position with no rows, so idle readers keep moving and a
-    /// lost entry is noticed (ARCHITECTURE §3).
+    /// lost entry is noticed (docs/architecture.md, "Streams and positions").
     pub async fn heartbeat(&self) {
         let last = *self.last.lock().await;
         self.bus.publish(Entry {

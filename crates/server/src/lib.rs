@@ -1,6 +1,6 @@
 //! server: roles, listeners, config loading and the binaries.
 //!
-//! A process is a set of roles (ARCHITECTURE §2); `ganglion` runs every role in one
+//! A process is a set of roles (docs/architecture.md, "Roles and shapes"); `ganglion` runs every role in one
 //! process. [`build_all`] constructs services in dependency order; [`serve`] runs the
 //! listeners until shutdown. Depends on every other crate; nothing depends on it.
 

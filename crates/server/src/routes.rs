@@ -1,5 +1,5 @@
 //! The route table: which role serves each endpoint and how requests to it are balanced
-//! (ARCHITECTURE §8). The reverse-proxy configuration is generated from it, so docs,
+//! (docs/architecture.md, "Roles and shapes", Routing). The reverse-proxy configuration is generated from it, so docs,
 //! deploy files and code cannot drift.
 
 use std::fmt::Write;

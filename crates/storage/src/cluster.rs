@@ -1,4 +1,4 @@
-//! Membership leases and shard cursors of the split shape (ARCHITECTURE §7). Lease times
+//! Membership leases and shard cursors of the split shape (docs/decisions/0003-membership-leases.md). Lease times
 //! come from the database's clock, never a process's, so skewed hosts agree on who is live.
 
 use crate::{Backend, Result, Store};

@@ -1,4 +1,4 @@
-//! sync: `/sync`, the notifier, token clamping and waiting (ARCHITECTURE §4).
+//! sync: `/sync`, the notifier, token clamping and waiting (docs/architecture.md, "Token formats").
 //!
 //! Depends on `core`, `storage`, `bus`, `rooms` (history reads and event formatting) and
 //! `http`. Writes nothing but to-device acknowledgements.

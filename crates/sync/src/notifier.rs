@@ -1,5 +1,5 @@
 //! The notifier: follows the bus, keeps this process's view of every stream position,
-//! the typing cache, and wakes long-polling clients (ARCHITECTURE §3–§4).
+//! the typing cache, and wakes long-polling clients (docs/architecture.md, "Streams and positions", "Token formats").
 //!
 //! Apply, then advance: an entry's effect on caches (typing) is applied before the
 //! position it announces becomes visible, so no token handed out claims data the caches

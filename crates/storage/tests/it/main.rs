@@ -1,5 +1,5 @@
 //! One behavioural suite for the storage API, run against SQLite and PostgreSQL
-//! (STYLE §4): each case is a generic async fn over a migrated `Store`.
+//! (one suite for both backends): each case is a generic async fn over a migrated `Store`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
