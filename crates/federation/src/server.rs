@@ -1,6 +1,11 @@
 //! The inbound Server-Server API: key publication, version, and the queries. Every
 //! endpoint but the key and version ones requires a valid X-Matrix signature from the
 //! origin, checked against the origin's published key.
+//!
+//! Over 1,000 lines, knowingly: this file still holds most of the endpoints with
+//! hand-typed paths. Splitting it by spec module (transactions, membership handshakes,
+//! room reads, queries) together with typing the edge with ruma's federation types is
+//! issue 9's point 4, not done yet; `e2ee.rs` beside it shows the intended shape.
 
 use std::sync::Arc;
 
