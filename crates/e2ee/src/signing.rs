@@ -299,7 +299,6 @@ impl Keys {
             .map_err(storage_error)?;
         let mut failures: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
         let mut rows: Vec<SignatureRow> = Vec::new();
-        let mut changed: Vec<String> = Vec::new();
         for (target, objects) in signed {
             for (key_id, object) in objects {
                 let fail = |f: &mut BTreeMap<String, BTreeMap<String, Value>>, v: Value| {
@@ -398,9 +397,6 @@ impl Keys {
                             signer_key,
                             signature.to_owned(),
                         ));
-                        if !changed.contains(&target.to_string()) && *target == *user {
-                            changed.push(target.to_string());
-                        }
                     }
                     Err(f) => fail(&mut failures, f),
                 }
@@ -411,12 +407,11 @@ impl Keys {
                 .upsert_signatures(&rows)
                 .await
                 .map_err(storage_error)?;
-            // A signature by my user-signing key changes what my own devices see.
-            if changed.is_empty() {
-                changed.push(me);
-            }
+            // Every signature stored is the caller's: on their own keys, or (with their
+            // user-signing key) on someone else's, which changes what their own devices
+            // see. Either way it is the caller's device list that changed.
             self.device_lists()
-                .record_device_list_change(self.store(), &changed)
+                .record_device_list_change(self.store(), std::slice::from_ref(&me))
                 .await?;
         }
         Ok(failures)

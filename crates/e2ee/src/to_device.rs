@@ -2,7 +2,7 @@
 //! API, "Send-to-Device messaging"). `/sync` delivers them and deletes them once the
 //! client acknowledges them with its next `since`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeSet, sync::Arc};
 
 use ganglion_bus::Row;
 use ganglion_core::Result;
@@ -55,7 +55,7 @@ impl ToDevice {
             return Ok(());
         }
         let mut rows: Vec<ToDeviceRow> = Vec::new();
-        let mut recipients: BTreeMap<String, ()> = BTreeMap::new();
+        let mut recipients: BTreeSet<String> = BTreeSet::new();
         for (target, devices) in messages {
             if target.server_name() != self.server_name {
                 tracing::debug!(%target, "to-device message for a remote user dropped");
@@ -86,12 +86,12 @@ impl ToDevice {
                         continue;
                     }
                     rows.push((target.to_string(), d.clone(), content.to_owned()));
-                    recipients.insert(target.to_string(), ());
+                    recipients.insert(target.to_string());
                 }
             }
         }
         let bus_rows = recipients
-            .into_keys()
+            .into_iter()
             .map(|user_id| Row {
                 user_id,
                 ..Default::default()
