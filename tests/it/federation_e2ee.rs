@@ -18,14 +18,14 @@ use crate::{
 };
 
 /// A server's signing key, read from its directory.
-fn key_of(srv: &TestServer) -> ServerKey {
+pub(crate) fn key_of(srv: &TestServer) -> ServerKey {
     ServerKey::load_or_generate(&srv.dir.join("signing.key").display().to_string())
         .expect("the server's key")
 }
 
 /// A request with a JSON body signed as `origin` (unsigned when `key` is None), to
 /// `dest`'s federation listener.
-async fn signed_send(
+pub(crate) async fn signed_send(
     http: &reqwest::Client,
     key: Option<&ServerKey>,
     (origin, dest): (&str, &str),
@@ -55,7 +55,9 @@ async fn signed_send(
 }
 
 /// Two federating servers, alice on the first and bob on the second, in bob's room.
-async fn alice_and_bob(ca: &Path) -> (TestServer, String, TestServer, String, Client, Client) {
+pub(crate) async fn alice_and_bob(
+    ca: &Path,
+) -> (TestServer, String, TestServer, String, Client, Client) {
     let (one, one_name) = TestServer::start_federating(Backend::Postgres, ca).await;
     let (two, two_name) = TestServer::start_federating(Backend::Sqlite, ca).await;
     let bob = two.user("bob").await;
@@ -227,16 +229,24 @@ async fn keys_are_queried_and_claimed_over_federation() {
     .await;
     assert_eq!(status, 400, "not a user id: {v}");
 
-    // Bob's server down: a failure naming it, and still 200.
+    // Bob's server down: a query of a user there whom we do not follow (no shared
+    // room, so no copy of their keys) answers 200 with a failure naming it; bob's keys
+    // come from our copy (tests/it/federation_devices.rs).
+    let carol = two.user("carol").await;
     two.stop();
     let r = alice
         .post(
             "/_matrix/client/v3/keys/query",
-            json!({ "device_keys": { &bob.user_id: [] }, "timeout": 3000 }),
+            json!({ "device_keys": { &carol.user_id: [], &bob.user_id: [] }, "timeout": 3000 }),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body["failures"][&two_name].is_object(), "{}", r.body);
+    assert!(
+        r.body["device_keys"][&bob.user_id][&bob.device_id].is_object(),
+        "{}",
+        r.body
+    );
     let r = alice
         .post("/_matrix/client/v3/keys/claim", claim_body(&bob))
         .await;

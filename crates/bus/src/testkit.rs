@@ -53,6 +53,7 @@ pub fn full_row(n: i64) -> Row {
         state_key: Some(format!("@user{n}:example.org")),
         user_ids: vec!["@a:example.org".to_owned(), "@b:example.org".to_owned()],
         device_id: format!("DEVICE{n}"),
+        server: format!("server{n}.example.org"),
     }
 }
 

@@ -78,6 +78,11 @@ impl Keys {
         &self.store
     }
 
+    /// The outbound federation client, when federation is on.
+    pub(crate) fn federation(&self) -> Option<&Federation> {
+        self.federation.as_ref()
+    }
+
     /// The device-list writer.
     pub(crate) fn device_lists(&self) -> &StreamWriter {
         &self.device_lists
@@ -164,8 +169,9 @@ impl Keys {
     /// `POST /keys/query` for `requester`: the device keys and cross-signing keys of the
     /// users asked for (an empty device list means every device). Signatures uploaded on
     /// a user's keys are merged in; a signature made with someone else's user-signing key
-    /// only when the requester made it. Users of other servers are asked of their server
-    /// (see [`crate::remote`]); a server that fails gets a `failures` entry.
+    /// only when the requester made it. Users of other servers come from our copy of
+    /// their list or are asked of their server (see [`crate::device_cache`]); a server
+    /// that fails gets a `failures` entry.
     pub async fn query(
         &self,
         requester: &UserId,
@@ -178,7 +184,7 @@ impl Keys {
             .partition(|(u, _)| self.is_local(u));
         let mut out = self.query_local(Viewer::User(requester), &local).await?;
         if !remote.is_empty() {
-            crate::remote::query(self.federation.as_ref(), &remote, timeout, &mut out).await;
+            self.query_remote(&remote, timeout, &mut out).await?;
         }
         Ok(out)
     }

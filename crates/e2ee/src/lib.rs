@@ -12,6 +12,7 @@
 //! federation listener.
 
 pub mod backup;
+mod device_cache;
 pub mod keys;
 mod remote;
 mod routes;

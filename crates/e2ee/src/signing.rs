@@ -258,9 +258,16 @@ impl Keys {
             .upsert_cross_signing_keys(user.as_str(), &rows)
             .await
             .map_err(storage_error)?;
-        self.device_lists()
-            .record_device_list_change(self.store(), &[user.to_string()])
-            .await?;
+        // Other servers hear of the master and self-signing keys, never the user-signing key.
+        if upload.master.is_some() || upload.self_signing.is_some() {
+            self.device_lists()
+                .record_signing_key_change(self.store(), user.as_str())
+                .await?;
+        } else {
+            self.device_lists()
+                .record_device_list_change(self.store(), &[user.to_string()])
+                .await?;
+        }
         Ok(())
     }
 

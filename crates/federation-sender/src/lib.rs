@@ -24,11 +24,20 @@
 //! ([`Wakers`]; only where the inbound listener and the sender share a process).
 //!
 //! Device-list changes of our users go as `m.device_list_update` (with an empty
-//! `prev_id`, so the receiver resyncs through `/user/devices`). Not built yet: presence.
+//! `prev_id`, so the receiver resyncs through `/user/devices`), changes of their
+//! master or self-signing key as `m.signing_key_update`. Not built yet: presence.
+//!
+//! To-device messages for other servers' users are durable, unlike the other EDUs: main
+//! writes them to `device_federation_outbox` and rings the to-device stream with the
+//! destination's name. The destination's loop reads its rows (all of them when it
+//! starts), sends them before any other EDU, and deletes them once the destination has
+//! taken the transaction. A crash between the two sends them again; the receiver drops
+//! the repeat by its `message_id`.
 //!
 //! Depends on `core`, `storage`, `bus`, `cluster` and `federation-client`. It must NOT
 //! depend on `rooms` or any API crate, serve HTTP, or write anything but its cursors
-//! (`shard_cursors`): it reads the record and the bus and calls other servers.
+//! (`shard_cursors`) and the outbox rows it has delivered: it reads the record and the
+//! bus and calls other servers.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -59,6 +68,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub const ROLE: &str = "federation-sender";
 /// Most events one catch-up read takes (the loop reads again when they are sent).
 const CATCH_UP_LIMIT: i64 = 5_000;
+/// Most to-device EDUs one outbox read takes (the loop reads again when they are sent).
+const OUTBOX_LIMIT: i64 = 500;
 
 /// What a destination's loop is told.
 #[derive(Debug, Clone)]
@@ -69,6 +80,8 @@ enum Outgoing {
     Edu(Value),
     /// Read the events after the cursor again (after a bus gap).
     CatchUp,
+    /// The destination's to-device outbox got rows: read it.
+    Outbox,
 }
 
 /// What the sender runs with.
@@ -155,6 +168,20 @@ impl Queues {
             }
             Err(e) => tracing::warn!(error = %e, "federation sender: cannot read the cursors"),
         }
+        // A started loop reads its whole outbox first.
+        match self
+            .shared
+            .store
+            .select_federation_outbox_destinations()
+            .await
+        {
+            Ok(ds) => {
+                for d in ds {
+                    let _ = self.get(&d);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "federation sender: cannot read the outbox"),
+        }
         metrics::gauge!("ganglion_federation_destinations").set(self.loops.len() as f64);
     }
 }
@@ -207,6 +234,12 @@ async fn follow(
                     for d in dests {
                         queues.send(&d, Outgoing::Edu(edu.clone()));
                     }
+                }
+                continue;
+            }
+            Delivery::Entry(e) if e.stream == StreamKind::ToDevice as i32 => {
+                for row in e.rows.iter().filter(|r| !r.server.is_empty()) {
+                    queues.send(&row.server, Outgoing::Outbox);
                 }
                 continue;
             }
@@ -349,15 +382,52 @@ async fn device_list_edus(shared: &Shared, entry: &ganglion_bus::Entry) -> Vec<(
                 }
             }
         }
-        let edu = json!({ "edu_type": "m.device_list_update", "content": {
-            "user_id": row.user_id,
-            "device_id": row.device_id,
-            "stream_id": entry.pos,
-            "prev_id": [],
-        } });
+        let edu = if row.kind == SIGNING_KEY_UPDATE {
+            match signing_key_update(&shared.store, &row.user_id).await {
+                Some(edu) => edu,
+                None => continue,
+            }
+        } else {
+            json!({ "edu_type": "m.device_list_update", "content": {
+                "user_id": row.user_id,
+                "device_id": row.device_id,
+                "stream_id": entry.pos,
+                "prev_id": [],
+            } })
+        };
         out.extend(servers.into_iter().map(|d| (d, edu.clone())));
     }
     out
+}
+
+/// The device-list row kind of a change of a user's cross-signing keys.
+const SIGNING_KEY_UPDATE: &str = "m.signing_key_update";
+
+/// `m.signing_key_update` for `user`: their master and self-signing keys as stored now
+/// (the user-signing key never leaves the server). None when they have neither or the
+/// read fails (the receiver's next `/user/keys/query` gets them anyway).
+async fn signing_key_update(store: &Store, user: &str) -> Option<Value> {
+    let keys = match store.select_cross_signing_keys(&[user.to_owned()]).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "federation sender: cannot read cross-signing keys");
+            return None;
+        }
+    };
+    let mut content = serde_json::Map::new();
+    content.insert("user_id".into(), Value::String(user.to_owned()));
+    for (_, kind, text) in keys {
+        let field = match kind.as_str() {
+            "master" => "master_key",
+            "self_signing" => "self_signing_key",
+            _ => continue,
+        };
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            content.insert(field.into(), v);
+        }
+    }
+    (content.len() > 1)
+        .then(|| json!({ "edu_type": SIGNING_KEY_UPDATE, "content": Value::Object(content) }))
 }
 
 /// The other servers with joined members in a room.
@@ -377,6 +447,12 @@ struct Pending {
     pdus: BTreeMap<i64, Value>,
     /// EDUs not sent yet.
     edus: Vec<Value>,
+    /// To-device EDUs read from the outbox and not taken yet, by position.
+    durable: BTreeMap<i64, Value>,
+    /// An outbox read is due.
+    outbox_due: bool,
+    /// The last outbox read stopped at its limit: read again when `durable` empties.
+    outbox_more: bool,
     /// Every event at or below this was read from the database (or sent): a live event
     /// at or below it is already here.
     read_to: i64,
@@ -394,7 +470,11 @@ impl Pending {
             }
             Outgoing::Pdu { .. } => {}
             Outgoing::Edu(e) => self.edus.push(e),
-            Outgoing::CatchUp => self.catch_up = true,
+            Outgoing::CatchUp => {
+                self.catch_up = true;
+                self.outbox_due = true;
+            }
+            Outgoing::Outbox => self.outbox_due = true,
         }
     }
 }
@@ -407,6 +487,9 @@ async fn destination_loop(
     let mut pending = Pending {
         pdus: BTreeMap::new(),
         edus: Vec::new(),
+        durable: BTreeMap::new(),
+        outbox_due: true,
+        outbox_more: false,
         read_to: 0,
         more: false,
         catch_up: true,
@@ -418,21 +501,30 @@ async fn destination_loop(
             pending.catch_up = false;
             catch_up(&shared, &destination, &mut pending).await;
         }
+        if pending.outbox_due || (pending.outbox_more && pending.durable.is_empty()) {
+            pending.outbox_due = false;
+            read_outbox(&shared, &destination, &mut pending).await;
+        }
         if rx.is_closed() {
             // Let go (another sender owns it now), after the transaction in flight.
             break;
         }
-        if pending.pdus.is_empty() && pending.edus.is_empty() {
+        if pending.is_empty() {
+            // A read that failed is tried again after a pause, news or not.
+            let retry = pending.outbox_due || pending.catch_up;
             let m = tokio::select! {
-                m = rx.recv() => match m { Some(m) => m, None => break },
+                m = rx.recv() => match m { Some(m) => Some(m), None => break },
+                () = tokio::time::sleep(Duration::from_secs(1)), if retry => None,
                 () = shared.shutdown.cancelled() => break,
             };
-            pending.take(m);
+            if let Some(m) = m {
+                pending.take(m);
+            }
         }
         while let Ok(m) = rx.try_recv() {
             pending.take(m);
         }
-        if pending.pdus.is_empty() && pending.edus.is_empty() {
+        if pending.is_empty() {
             continue;
         }
         // The oldest events first; the cursor then never passes an unsent one.
@@ -445,8 +537,18 @@ async fn destination_loop(
             last = pos;
             pdus.push(pdu);
         }
-        let n = pending.edus.len().min(MAX_EDUS);
-        let edus: Vec<Value> = pending.edus.drain(..n).collect();
+        // To-device EDUs first: they are the ones that must not be lost.
+        let mut taken = Vec::new();
+        let mut edus: Vec<Value> = Vec::new();
+        while edus.len() < MAX_EDUS {
+            let Some((pos, edu)) = pending.durable.pop_first() else {
+                break;
+            };
+            taken.push(pos);
+            edus.push(edu);
+        }
+        let n = pending.edus.len().min(MAX_EDUS - edus.len());
+        edus.extend(pending.edus.drain(..n));
         // Unique across senders: two may briefly share a destination after a change.
         let txn = format!(
             "{}-{}-{}",
@@ -485,6 +587,18 @@ async fn destination_loop(
                             tracing::warn!(%destination, error = %e, "cannot commit the destination's cursor");
                         }
                     }
+                    if !taken.is_empty() {
+                        if let Err(e) = shared
+                            .store
+                            .delete_federation_outbox(&destination, &taken)
+                            .await
+                        {
+                            // They go again after a restart; the destination drops repeats.
+                            tracing::warn!(%destination, error = %e, "cannot clear delivered to-device EDUs");
+                        }
+                        metrics::counter!("ganglion_federation_to_device_sent_total")
+                            .increment(taken.len() as u64);
+                    }
                     metrics::counter!("ganglion_federation_pdus_sent_total")
                         .increment(pdus.len() as u64);
                     metrics::counter!("ganglion_federation_edus_sent_total")
@@ -509,6 +623,43 @@ async fn destination_loop(
                     }
                 }
             }
+        }
+    }
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.pdus.is_empty() && self.edus.is_empty() && self.durable.is_empty()
+    }
+}
+
+/// Reads the destination's to-device outbox (its oldest rows) into its queue. Rows in
+/// the queue already are read again harmlessly (same position, same EDU).
+async fn read_outbox(shared: &Shared, destination: &str, pending: &mut Pending) {
+    match shared
+        .store
+        .select_federation_outbox(destination, OUTBOX_LIMIT)
+        .await
+    {
+        Ok(rows) => {
+            pending.outbox_more = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= OUTBOX_LIMIT;
+            for (pos, content) in rows {
+                match serde_json::from_str::<Value>(&content) {
+                    Ok(content) => {
+                        pending.durable.insert(
+                            pos,
+                            json!({ "edu_type": "m.direct_to_device", "content": content }),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(%destination, pos, error = %e, "unreadable to-device EDU in the outbox");
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%destination, error = %e, "cannot read the to-device outbox");
+            pending.outbox_due = true;
         }
     }
 }

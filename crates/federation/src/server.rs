@@ -48,6 +48,8 @@ pub struct FederationApi {
     pub device_lists: Arc<ganglion_rooms::streams::StreamWriter>,
     /// Our users' device and one-time keys (`/user/keys/*`, `/user/devices`).
     pub e2e_keys: ganglion_e2ee::Keys,
+    /// To-device messages from other servers' users (`m.direct_to_device`).
+    pub to_device: ganglion_e2ee::ToDevice,
     /// The outbound client (filling gaps with `/get_missing_events`).
     pub client: ganglion_federation_client::FederationClient,
     /// The sender's back-offs, ended when their destination contacts us.
@@ -698,8 +700,12 @@ async fn send_transaction(
         .into_iter()
         .flatten()
     {
-        if let Err(e) = accept_edu(&api, &origin, edu).await {
-            tracing::debug!(%origin, error = %e.message, "ignored an EDU");
+        match accept_edu(&api, &origin, edu).await {
+            Ok(()) => {}
+            // Our fault (the database): the origin retries the transaction, and every EDU
+            // applies again harmlessly (to-device messages are deduplicated by id).
+            Err(e) if e.kind == ErrorKind::Internal => return Err(e.into()),
+            Err(e) => tracing::debug!(%origin, error = %e.message, "ignored an EDU"),
         }
     }
     for pdu in pdus {
@@ -871,8 +877,8 @@ async fn fill_gap(
 }
 
 /// Applies one EDU from `origin`: typing and read receipts of its own users in rooms
-/// they are joined to, and device-list changes of its users. Other EDU types are
-/// ignored (not built yet).
+/// they are joined to, device-list changes of its users, and to-device messages from
+/// them. Other EDU types are ignored (not built yet).
 async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<(), Error> {
     let of_origin =
         |u: &str| ruma::UserId::parse(u).is_ok_and(|u| u.server_name().as_str() == origin);
@@ -959,18 +965,28 @@ async fn accept_edu(api: &FederationApi, origin: &str, edu: &Value) -> Result<()
                 }
             }
         }
-        Some("m.device_list_update" | "m.signing_key_update") => {
-            // Spec: Server-Server API, "Device Management". We keep no copy of remote
-            // keys: the change wakes our users who share a room with the user, and their
-            // next `/keys/query` asks the origin again.
+        Some("m.direct_to_device") => api.to_device.receive(origin, &content).await?,
+        Some(kind @ ("m.device_list_update" | "m.signing_key_update")) => {
+            // Spec: Server-Server API, "Device Management". Our copy of the user's list
+            // is brought up to date (or dropped and fetched again), then the change
+            // wakes our users who share a room with them.
             let user = content
                 .get("user_id")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            if !of_origin(user) {
+            let Some(user_id) = ruma::UserId::parse(user).ok().filter(|_| of_origin(user)) else {
                 return Err(Error::forbidden(
                     "a device list of a user not of the origin",
                 ));
+            };
+            if kind == "m.signing_key_update" {
+                api.e2e_keys
+                    .remote_signing_key_update(&user_id, &content)
+                    .await?;
+            } else {
+                api.e2e_keys
+                    .remote_device_list_update(&user_id, &content)
+                    .await?;
             }
             api.device_lists
                 .record_device_list_change(&api.store, &[user.to_owned()])

@@ -174,6 +174,7 @@ impl Task {
                 state_key: ev.state_key.clone(),
                 user_ids: Vec::new(),
                 device_id: String::new(),
+                server: String::new(),
             });
             replies.push((job.reply, p));
         }

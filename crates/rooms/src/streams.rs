@@ -194,7 +194,19 @@ impl StreamWriter {
         store: &Store,
         users: &[String],
     ) -> Result<StreamPos, Error> {
-        self.record_device_changes(store, users, "").await
+        self.record_device_changes(store, users, "", "").await
+    }
+
+    /// [`StreamWriter::record_device_list_change`] for a change of `user`'s master or
+    /// self-signing key: the user's row says so (kind `m.signing_key_update`), for the
+    /// federation sender's EDU of that name.
+    pub async fn record_signing_key_change(
+        &self,
+        store: &Store,
+        user: &str,
+    ) -> Result<StreamPos, Error> {
+        self.record_device_changes(store, &[user.to_owned()], "", "m.signing_key_update")
+            .await
     }
 
     /// [`StreamWriter::record_device_list_change`] for one device of `user` (its keys
@@ -206,7 +218,7 @@ impl StreamWriter {
         user: &str,
         device: &str,
     ) -> Result<StreamPos, Error> {
-        self.record_device_changes(store, &[user.to_owned()], device)
+        self.record_device_changes(store, &[user.to_owned()], device, "")
             .await
     }
 
@@ -215,12 +227,14 @@ impl StreamWriter {
         store: &Store,
         users: &[String],
         device: &str,
+        kind: &str,
     ) -> Result<StreamPos, Error> {
         let mut rows = Vec::new();
         for user in users {
             rows.push(Row {
                 user_id: user.clone(),
                 device_id: device.to_owned(),
+                kind: kind.to_owned(),
                 ..Default::default()
             });
             let rooms = store

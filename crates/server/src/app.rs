@@ -170,6 +170,12 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         writers.device_lists.clone(),
         outbound.clone(),
     );
+    let to_device = ToDevice::new(
+        store.clone(),
+        server_name.clone(),
+        writers.to_device.clone(),
+        outbound.is_some(),
+    );
     let federation = match &outbound {
         Some(ganglion_federation_client::Federation { client, keys }) => {
             // In the split shape the federation-sender processes send instead.
@@ -203,6 +209,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
                 receipts: writers.receipts.clone(),
                 device_lists: writers.device_lists.clone(),
                 e2e_keys: e2e_keys.clone(),
+                to_device: to_device.clone(),
                 client: client.clone(),
                 wakers,
                 txns: Default::default(),
@@ -266,7 +273,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     );
     let e2ee = E2eeApi {
         keys: e2e_keys,
-        to_device: ToDevice::new(store.clone(), server_name, writers.to_device.clone()),
+        to_device,
         accounts: accounts.clone(),
         backup: Backup::new(store.clone()),
     };

@@ -110,8 +110,11 @@ impl Store {
     }
 
     /// Queues one `/sendToDevice` request's messages at `stream_id`, with its transaction
-    /// id, in one transaction. [`Error::Conflict`] if the transaction id was already used
-    /// (nothing is written then).
+    /// id, in one transaction: `rows` for our devices, `outbox` (destination, EDU
+    /// content) for other servers' (`device_federation_outbox`). [`Error::Conflict`] if
+    /// the transaction id was already used (nothing is written then). A message from
+    /// another server comes with its sender and `("", message_id)` as the transaction,
+    /// so a repeat of it is refused the same way.
     pub async fn insert_to_device_batch(
         &self,
         stream_id: i64,
@@ -119,6 +122,7 @@ impl Store {
         txn_id: &str,
         kind: &str,
         rows: &[ToDeviceRow],
+        outbox: &[(String, String)],
     ) -> Result<()> {
         let (sender_user, sender_device) = sender;
         let mut tx = self.begin("insert_to_device_batch").await?;
@@ -150,6 +154,62 @@ impl Store {
             .execute(tx.conn())
             .await?;
         }
+        for (destination, content) in outbox {
+            sqlx::query(
+                "INSERT INTO device_federation_outbox (destination, stream_id, content)
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(destination)
+            .bind(stream_id)
+            .bind(content)
+            .execute(tx.conn())
+            .await?;
+        }
         tx.commit().await
+    }
+
+    /// The oldest `limit` to-device EDUs waiting for `destination`: (position, content).
+    pub async fn select_federation_outbox(
+        &self,
+        destination: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT stream_id, content FROM device_federation_outbox
+             WHERE destination = $1 ORDER BY stream_id LIMIT $2",
+        )
+        .bind(destination)
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?)
+    }
+
+    /// Forgets the to-device EDUs at `positions` for `destination` (it took them).
+    pub async fn delete_federation_outbox(
+        &self,
+        destination: &str,
+        positions: &[i64],
+    ) -> Result<()> {
+        let mut tx = self.begin("delete_federation_outbox").await?;
+        for pos in positions {
+            sqlx::query(
+                "DELETE FROM device_federation_outbox WHERE destination = $1 AND stream_id = $2",
+            )
+            .bind(destination)
+            .bind(pos)
+            .execute(tx.conn())
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// The destinations with to-device EDUs waiting, sorted.
+    pub async fn select_federation_outbox_destinations(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT destination FROM device_federation_outbox ORDER BY destination",
+        )
+        .fetch_all(self.reader())
+        .await?;
+        Ok(rows.into_iter().map(|(d,)| d).collect())
     }
 }

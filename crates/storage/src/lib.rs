@@ -26,6 +26,7 @@ pub mod key_backup;
 mod migrate;
 pub mod openid;
 pub mod receipts;
+pub mod remote_devices;
 pub mod rooms;
 pub mod server_keys;
 pub mod state;

@@ -60,6 +60,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../../migrations/postgres/0008_key_backup.sql"),
         include_str!("../../../migrations/sqlite/0008_key_backup.sql"),
     ),
+    (
+        9,
+        "federated_devices",
+        include_str!("../../../migrations/postgres/0009_federated_devices.sql"),
+        include_str!("../../../migrations/sqlite/0009_federated_devices.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.
