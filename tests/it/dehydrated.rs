@@ -98,6 +98,12 @@ async fn dehydrated_device_lifecycle(b: Backend) {
         .as_str()
         .map(str::to_owned);
 
+    // Advertised, and clients (matrix-js-sdk) probe with a GET that answers 404.
+    let versions = alice.get("/_matrix/client/versions").await.ok();
+    assert_eq!(
+        versions["unstable_features"]["org.matrix.msc3814"],
+        json!(true)
+    );
     alice.get(PATH).await.expect_err(404, "M_NOT_FOUND");
 
     // Upload: answered with the id; read back as stored; an ordinary device otherwise.

@@ -28,6 +28,8 @@ pub async fn get_supported_versions(_req: Ruma<get_supported_versions::Request>)
         "unstable_features": {
             "org.matrix.msc2285.stable": true,
             "org.matrix.msc3827.stable": true,
+            // Dehydrated devices (crates/e2ee/src/dehydrated.rs).
+            "org.matrix.msc3814": true,
         },
     }))
 }
