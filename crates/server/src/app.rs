@@ -17,6 +17,7 @@ use ganglion_core::{Error, ErrorKind, config::Config};
 use ganglion_e2ee::{E2eeApi, Keys, ToDevice, backup::Backup, dehydrated::Dehydrated};
 use ganglion_federation_client::ServerKey;
 use ganglion_http::{ApiError, BodyLimit, ClientIp, RateLimiter};
+use ganglion_push::{PushApi, PushRules};
 use ganglion_rooms::{Persister, Rooms, streams::StreamWriters, typing::Typing};
 use ganglion_storage::Store;
 use ganglion_sync::{Notifier, SyncService};
@@ -282,13 +283,17 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     let accounts_for_cli = accounts.clone();
     let bus_handle = bus.clone();
 
+    let push = PushApi {
+        rules: PushRules::new(store.clone(), writers.account_data.clone()),
+    };
     spawn_maintenance(&tasks, typing, writers, store.clone());
 
     let routes = Router::new()
         .merge(ganglion_client_api::router(client))
         .merge(ganglion_sync::router(sync))
         .merge(ganglion_account_api::router(accounts.clone()))
-        .merge(ganglion_e2ee::router(e2ee));
+        .merge(ganglion_e2ee::router(e2ee))
+        .merge(ganglion_push::router(push));
     // The internal listener serves the same routes behind the secret; the address a
     // worker forwards is the client's.
     let internal = match (config.listeners.internal, &config.cluster.internal_secret) {

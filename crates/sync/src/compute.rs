@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ganglion_core::{Error, Result, StreamKind, SyncToken};
+use ganglion_push::rules::{PUSH_RULES, content as push_rules_content, ruleset_of};
 use ganglion_rooms::{Rooms, format::Viewer, storage_error, streams::StreamWriters};
 use ganglion_storage::{Store, events::EventRow};
 use serde_json::{Map, Value, json, value::RawValue};
@@ -269,14 +270,28 @@ impl SyncService {
         };
         let mut room_account: HashMap<String, Vec<Value>> = HashMap::new();
         let mut global_account = Vec::new();
+        let mut push_rules_sent = false;
         for (room_id, kind, content) in account_data {
-            let content: Value = serde_json::from_str(&content).unwrap_or_else(|_| json!({}));
+            let content: Value = if room_id.is_empty() && kind == PUSH_RULES {
+                // The stored rules merged with the current defaults, as /pushrules reads them.
+                push_rules_sent = true;
+                let user = ruma::UserId::parse(req.user_id).map_err(|_| bad_token())?;
+                push_rules_content(&ruleset_of(&user, Some(&content)))?
+            } else {
+                serde_json::from_str(&content).unwrap_or_else(|_| json!({}))
+            };
             let ev = json!({ "type": kind, "content": content });
             if room_id.is_empty() {
                 global_account.push(ev);
             } else {
                 room_account.entry(room_id).or_default().push(ev);
             }
+        }
+        // An initial sync always has the push rules: the defaults when none are stored.
+        if since.is_none() && !f.account_data_off && !push_rules_sent {
+            let user = ruma::UserId::parse(req.user_id).map_err(|_| bad_token())?;
+            let content = push_rules_content(&ruleset_of(&user, None))?;
+            global_account.push(json!({ "type": PUSH_RULES, "content": content }));
         }
         let joined_list: Vec<String> = joined.iter().cloned().collect();
         let typing = self.notifier.typing(&joined_list).await;
