@@ -280,6 +280,65 @@ async fn concurrent_claims_take_each_key_once(b: Backend) {
 }
 both!(concurrent_claims_take_each_key_once);
 
+/// Concurrent claims of many devices each, overlapping: a request claims all its devices
+/// in a few statements, and two that race for the same keys neither deadlock nor hand
+/// a key out twice.
+async fn concurrent_claims_of_many_devices(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let mut owners = Vec::new();
+    for i in 0..8 {
+        let owner = srv.user(&format!("owner{i}")).await;
+        let key = Key::new(Some(&owner.device_id));
+        let mut fallback = json!({ "key": b64(&format!("fb{i}")) });
+        key.sign(&owner.user_id, &mut fallback);
+        owner
+            .post(
+                "/_matrix/client/v3/keys/upload",
+                json!({
+                    "device_keys": device_keys(&owner, &key),
+                    "one_time_keys": one_time_keys(&owner, &key, "K", 10),
+                    "fallback_keys": { "signed_curve25519:FB": fallback },
+                }),
+            )
+            .await
+            .ok();
+        owners.push(owner);
+    }
+    let mut wanted = serde_json::Map::new();
+    for o in &owners {
+        wanted.insert(
+            o.user_id.clone(),
+            json!({ &o.device_id: "signed_curve25519" }),
+        );
+    }
+    let body = json!({ "one_time_keys": wanted });
+    let claimer = srv.user("claimer").await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (c, body) = (claimer.clone(), body.clone());
+            tokio::spawn(async move { c.post("/_matrix/client/v3/keys/claim", body).await.ok() })
+        })
+        .collect();
+    let mut otks: Vec<(String, String)> = Vec::new();
+    let mut fallbacks = 0;
+    for t in tasks {
+        let answer = t.await.expect("task");
+        for o in &owners {
+            let ids = claimed_ids(&answer, o);
+            assert_eq!(ids.len(), 1, "{answer}");
+            if ids[0] == "signed_curve25519:FB" {
+                fallbacks += 1;
+            } else {
+                otks.push((o.user_id.clone(), ids[0].clone()));
+            }
+        }
+    }
+    let distinct: BTreeSet<&(String, String)> = otks.iter().collect();
+    assert_eq!((otks.len(), distinct.len(), fallbacks), (80, 80, 80));
+    srv.cleanup().await;
+}
+both!(concurrent_claims_of_many_devices);
+
 /// Bad input gets the spec's error and nothing is stored.
 async fn bad_key_input_is_refused(b: Backend) {
     let srv = TestServer::start(b).await;

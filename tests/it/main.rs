@@ -7,6 +7,7 @@ mod accounts;
 mod admin;
 mod bad_input;
 mod crash;
+mod dehydrated;
 mod discovery;
 mod e2ee;
 mod features;

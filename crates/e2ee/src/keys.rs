@@ -205,16 +205,13 @@ impl Keys {
         if local.is_empty() {
             return Ok(out);
         }
-        let signatures = self
-            .store
-            .select_signatures(&local)
-            .await
-            .map_err(storage_error)?;
-        let rows = self
-            .store
-            .select_device_keys(&local)
-            .await
-            .map_err(storage_error)?;
+        // Three independent reads, at once.
+        let (signatures, rows, cross) = tokio::try_join!(
+            self.store.select_signatures(&local),
+            self.store.select_device_keys(&local),
+            self.store.select_cross_signing_keys(&local),
+        )
+        .map_err(storage_error)?;
         for row in rows {
             let Ok(user) = OwnedUserId::try_from(row.user_id.as_str()) else {
                 continue;
@@ -239,11 +236,6 @@ impl Keys {
                 .or_default()
                 .insert(device, Value::Object(keys));
         }
-        let cross = self
-            .store
-            .select_cross_signing_keys(&local)
-            .await
-            .map_err(storage_error)?;
         for (user_id, key_type, json) in cross {
             let Ok(user) = OwnedUserId::try_from(user_id.as_str()) else {
                 continue;
@@ -412,7 +404,7 @@ fn check_algorithms(
 
 /// Checks uploaded device keys: they must be an object naming the caller and their
 /// device. Returns the JSON text to store, as sent.
-fn check_device_keys(
+pub(crate) fn check_device_keys(
     raw: &Raw<DeviceKeys>,
     user: &UserId,
     device: &ruma::DeviceId,
@@ -427,7 +419,7 @@ fn check_device_keys(
     }
     if keys.device_id != device {
         return Err(Error::invalid_param(
-            "device_keys.device_id must be the authenticated device",
+            "device_keys.device_id must be the device the keys are for",
         ));
     }
     Ok(raw.json().get().to_owned())
@@ -435,7 +427,7 @@ fn check_device_keys(
 
 /// One-time or fallback keys as rows: (algorithm, key id, JSON as sent). Each key must be
 /// a JSON object (a signed key) or a string (an unsigned curve25519 key).
-fn new_keys(
+pub(crate) fn new_keys(
     keys: &BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
 ) -> Result<Vec<ganglion_storage::e2e_keys::NewKey>> {
     keys.iter()

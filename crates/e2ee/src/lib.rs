@@ -1,8 +1,9 @@
 //! e2ee: end-to-end encryption support on the server side. Device keys, one-time and
 //! fallback keys, cross-signing keys and signatures, send-to-device messages, the
-//! device-list stream, and server-side key backup; each a service, with the thin
-//! Client-Server handlers that call it (spec: Client-Server API, "End-to-End Encryption",
-//! "Send-to-Device messaging", "Server-side key backups").
+//! device-list stream, server-side key backup and dehydrated devices; each a service,
+//! with the thin Client-Server handlers that call it (spec: Client-Server API,
+//! "End-to-End Encryption", "Send-to-Device messaging", "Server-side key backups";
+//! MSC3814).
 //!
 //! Depends on `core`, `storage`, `bus`, `rooms` (stream writers), `http`,
 //! `account-api` (user-interactive auth for replacing cross-signing keys) and
@@ -12,6 +13,7 @@
 //! federation listener.
 
 pub mod backup;
+pub mod dehydrated;
 mod device_cache;
 pub mod keys;
 mod remote;
@@ -36,6 +38,8 @@ pub struct E2eeApi {
     pub accounts: Accounts,
     /// Server-side key backups.
     pub backup: backup::Backup,
+    /// Dehydrated devices (MSC3814).
+    pub dehydrated: dehydrated::Dehydrated,
 }
 
 /// Every e2ee route, with state applied.

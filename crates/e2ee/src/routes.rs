@@ -8,6 +8,10 @@ use ganglion_http::{ApiResult, Authed, RumaResponse, route};
 use ruma::{
     OwnedUserId,
     api::client::{
+        dehydrated_device::{
+            delete_dehydrated_device, get_dehydrated_device, get_events as dehydrated_events,
+            put_dehydrated_device,
+        },
         keys::{claim_keys, get_keys, upload_keys, upload_signatures, upload_signing_keys},
         to_device::send_event_to_device,
     },
@@ -16,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::{
     E2eeApi,
+    dehydrated::Upload,
     signing::{AuthNeeded, SigningKeysUpload},
 };
 
@@ -26,7 +31,11 @@ pub(crate) fn routes(r: Router<E2eeApi>) -> Router<E2eeApi> {
     let r = route::<claim_keys::v3::Request, _, _, _>(r, claim_keys);
     let r = route::<upload_signing_keys::v3::Request, _, _, _>(r, upload_signing_keys);
     let r = route::<upload_signatures::v3::Request, _, _, _>(r, upload_signatures);
-    route::<send_event_to_device::v3::Request, _, _, _>(r, send_event_to_device)
+    let r = route::<send_event_to_device::v3::Request, _, _, _>(r, send_event_to_device);
+    let r = route::<put_dehydrated_device::unstable::Request, _, _, _>(r, put_dehydrated);
+    let r = route::<get_dehydrated_device::unstable::Request, _, _, _>(r, get_dehydrated);
+    let r = route::<delete_dehydrated_device::unstable::Request, _, _, _>(r, delete_dehydrated);
+    route::<dehydrated_events::unstable::Request, _, _, _>(r, dehydrated_device_events)
 }
 
 /// `POST /_matrix/client/v3/keys/upload`.
@@ -148,4 +157,60 @@ async fn send_event_to_device(
         )
         .await?;
     Ok(RumaResponse(send_event_to_device::v3::Response::new()))
+}
+
+/// `PUT /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device`.
+/// MSC3814: <https://github.com/matrix-org/matrix-spec-proposals/pull/3814>
+async fn put_dehydrated(
+    State(api): State<E2eeApi>,
+    req: Authed<put_dehydrated_device::unstable::Request>,
+) -> ApiResult<RumaResponse<put_dehydrated_device::unstable::Response>> {
+    let b = &req.body;
+    let upload = Upload {
+        device_id: &b.device_id,
+        display_name: b.initial_device_display_name.as_deref(),
+        device_data: b.device_data.json(),
+        device_keys: &b.device_keys,
+        one_time_keys: &b.one_time_keys,
+        fallback_keys: &b.fallback_keys,
+    };
+    let device_id = api.dehydrated.put(req.user(), &upload).await?;
+    Ok(RumaResponse(
+        put_dehydrated_device::unstable::Response::new(device_id),
+    ))
+}
+
+/// `GET /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device`.
+async fn get_dehydrated(
+    State(api): State<E2eeApi>,
+    req: Authed<get_dehydrated_device::unstable::Request>,
+) -> ApiResult<Json<Value>> {
+    let (device_id, device_data) = api.dehydrated.get(req.user()).await?;
+    Ok(Json(
+        json!({ "device_id": device_id, "device_data": device_data }),
+    ))
+}
+
+/// `DELETE /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device`.
+async fn delete_dehydrated(
+    State(api): State<E2eeApi>,
+    req: Authed<delete_dehydrated_device::unstable::Request>,
+) -> ApiResult<RumaResponse<delete_dehydrated_device::unstable::Response>> {
+    let device_id = api.dehydrated.delete(req.user()).await?;
+    Ok(RumaResponse(
+        delete_dehydrated_device::unstable::Response::new(device_id),
+    ))
+}
+
+/// `POST /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{deviceId}/events`.
+async fn dehydrated_device_events(
+    State(api): State<E2eeApi>,
+    req: Authed<dehydrated_events::unstable::Request>,
+) -> ApiResult<Json<Value>> {
+    let b = &req.body;
+    let (events, next_batch) = api
+        .dehydrated
+        .events(req.user(), &b.device_id, b.next_batch.as_deref())
+        .await?;
+    Ok(Json(json!({ "events": events, "next_batch": next_batch })))
 }

@@ -14,7 +14,7 @@ use ganglion_account_api::Accounts;
 use ganglion_bus::Bus;
 use ganglion_client_api::{ClientApi, ClientConfig, Ephemeral, UserData};
 use ganglion_core::{Error, ErrorKind, config::Config};
-use ganglion_e2ee::{E2eeApi, Keys, ToDevice, backup::Backup};
+use ganglion_e2ee::{E2eeApi, Keys, ToDevice, backup::Backup, dehydrated::Dehydrated};
 use ganglion_federation_client::ServerKey;
 use ganglion_http::{ApiError, BodyLimit, ClientIp, RateLimiter};
 use ganglion_rooms::{Persister, Rooms, streams::StreamWriters, typing::Typing};
@@ -272,6 +272,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         Some(writers.device_lists.clone()),
     );
     let e2ee = E2eeApi {
+        dehydrated: Dehydrated::new(e2e_keys.clone(), writers.to_device.clone()),
         keys: e2e_keys,
         to_device,
         accounts: accounts.clone(),

@@ -1,6 +1,6 @@
 //! Devices: the list a user sees at `/devices`.
 
-use crate::{Result, Store};
+use crate::{Result, Store, Txn};
 
 /// A device row.
 #[derive(Debug, Clone)]
@@ -74,25 +74,11 @@ impl Store {
     }
 
     /// Deletes devices with their tokens, their end-to-end keys and the send-to-device
-    /// messages waiting for them.
+    /// messages waiting for them (a dehydrated device among them stops being one).
     pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<()> {
         let mut tx = self.begin("delete_devices").await?;
         for device_id in device_ids {
-            for sql in [
-                "DELETE FROM devices WHERE user_id = $1 AND device_id = $2",
-                "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
-                "DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2",
-                "DELETE FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2",
-                "DELETE FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2",
-                "DELETE FROM e2e_fallback_keys WHERE user_id = $1 AND device_id = $2",
-                "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2",
-            ] {
-                sqlx::query(sql)
-                    .bind(user_id)
-                    .bind(device_id)
-                    .execute(tx.conn())
-                    .await?;
-            }
+            delete_device_rows(&mut tx, user_id, device_id).await?;
         }
         tx.commit().await
     }
@@ -115,4 +101,25 @@ impl Store {
             .await?;
         tx.commit().await
     }
+}
+
+/// Deletes one device and everything that belongs to it, in `tx`.
+pub(crate) async fn delete_device_rows(tx: &mut Txn, user_id: &str, device_id: &str) -> Result<()> {
+    for sql in [
+        "DELETE FROM devices WHERE user_id = $1 AND device_id = $2",
+        "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
+        "DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2",
+        "DELETE FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2",
+        "DELETE FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2",
+        "DELETE FROM e2e_fallback_keys WHERE user_id = $1 AND device_id = $2",
+        "DELETE FROM to_device WHERE user_id = $1 AND device_id = $2",
+        "DELETE FROM dehydrated_devices WHERE user_id = $1 AND device_id = $2",
+    ] {
+        sqlx::query(sql)
+            .bind(user_id)
+            .bind(device_id)
+            .execute(tx.conn())
+            .await?;
+    }
+    Ok(())
 }

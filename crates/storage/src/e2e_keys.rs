@@ -1,9 +1,11 @@
 //! End-to-end encryption keys: device keys, one-time and fallback keys, cross-signing keys
 //! and uploaded signatures. Every key is the JSON text the client sent, unchanged.
 
+use std::collections::HashMap;
+
 use sqlx::AssertSqlSafe;
 
-use crate::{Error, Result, Store, flag, placeholders};
+use crate::{Backend, Error, Result, Store, flag, placeholders};
 
 /// A device's keys as `/keys/query` returns them.
 #[derive(Debug, Clone)]
@@ -205,20 +207,55 @@ impl Store {
     /// Claims a key for each (user, device, algorithm) of `wanted`, all in one
     /// transaction: a one-time key, removed as it is handed out, else the fallback key
     /// (marked used, kept). `None` where the device has neither. Answers in the order of
-    /// `wanted`.
+    /// `wanted`, where each (user, device) appears once.
     ///
-    /// Each one-time key goes to one claimer only: the DELETE decides, and a claimer that
-    /// lost a race for a key tries the next one. Callers pass `wanted` sorted (by user,
-    /// then device), so concurrent claims take their row locks in the same order and
-    /// cannot deadlock.
+    /// A few statements per chunk of devices, whatever its size: one finds each device's
+    /// lowest one-time key id, one deletes those keys and returns the ones it deleted,
+    /// one marks the fallback keys of the devices left. Each one-time key goes to one
+    /// claimer only: the DELETE decides, and a device whose key another claimer took
+    /// meanwhile is claimed again alone. On PostgreSQL the rows are locked in key order
+    /// (`ORDER BY … FOR UPDATE`) before they are changed, so concurrent claims cannot
+    /// deadlock; SQLite has one writer at a time.
     pub async fn claim_keys(
         &self,
         wanted: &[(String, String, String)],
     ) -> Result<Vec<Option<(String, String)>>> {
         let mut tx = self.begin("claim_keys").await?;
-        let mut out = Vec::with_capacity(wanted.len());
-        for (user_id, device_id, algorithm) in wanted {
-            out.push(claim_one(&mut tx, user_id, device_id, algorithm).await?);
+        let mut out = vec![None; wanted.len()];
+        let lock_rows = self.backend() == Backend::Postgres;
+        for (c, chunk) in wanted.chunks(CLAIM_CHUNK).enumerate() {
+            let base = c * CLAIM_CHUNK;
+            let position: HashMap<(&str, &str, &str), usize> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (u, d, a))| ((u.as_str(), d.as_str(), a.as_str()), base + i))
+                .collect();
+            let lowest = lowest_one_time_keys(&mut tx, chunk).await?;
+            let mut taken = take_one_time_keys(&mut tx, &lowest, lock_rows).await?;
+            for (u, d, a, key_id, json) in taken.drain(..) {
+                if let Some(&i) = position.get(&(u.as_str(), d.as_str(), a.as_str())) {
+                    out[i] = Some((key_id, json));
+                }
+            }
+            // Lost races: another claim took the key we found; try the next one.
+            for (u, d, a, _) in &lowest {
+                if let Some(&i) = position.get(&(u.as_str(), d.as_str(), a.as_str()))
+                    && out[i].is_none()
+                {
+                    out[i] = claim_one_time_key(&mut tx, u, d, a).await?;
+                }
+            }
+            let left: Vec<&(String, String, String)> = chunk
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| out[base + i].is_none())
+                .map(|(_, w)| w)
+                .collect();
+            for (u, d, a, key_id, json) in use_fallback_keys(&mut tx, &left, lock_rows).await? {
+                if let Some(&i) = position.get(&(u.as_str(), d.as_str(), a.as_str())) {
+                    out[i] = Some((key_id, json));
+                }
+            }
         }
         tx.commit().await?;
         Ok(out)
@@ -307,8 +344,103 @@ impl Store {
     }
 }
 
-/// One claim inside a [`Store::claim_keys`] transaction.
-async fn claim_one(
+/// Devices per round of [`Store::claim_keys`] (at most 4 parameters each).
+const CLAIM_CHUNK: usize = 500;
+
+/// A key found or taken: (user, device, algorithm, key id, key JSON).
+type KeyHit = (String, String, String, String, String);
+
+/// `(($1, $2, $3), ($4, $5, $6), …)`: `rows` tuples of `width` placeholders from `$start`.
+fn tuples(start: usize, rows: usize, width: usize) -> String {
+    let list: Vec<String> = (0..rows)
+        .map(|r| placeholders(start + r * width, width))
+        .collect();
+    format!("(VALUES {})", list.join(", "))
+}
+
+/// The lowest one-time key id of each wanted device: (user, device, algorithm, key id).
+async fn lowest_one_time_keys(
+    tx: &mut crate::Txn,
+    wanted: &[(String, String, String)],
+) -> Result<Vec<(String, String, String, String)>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT user_id, device_id, algorithm, MIN(key_id) FROM e2e_one_time_keys
+         WHERE (user_id, device_id, algorithm) IN {}
+         GROUP BY user_id, device_id, algorithm",
+        tuples(1, wanted.len(), 3)
+    );
+    let mut q = sqlx::query_as(AssertSqlSafe(sql));
+    for (u, d, a) in wanted {
+        q = q.bind(u).bind(d).bind(a);
+    }
+    Ok(q.fetch_all(tx.conn()).await?)
+}
+
+/// Deletes the named one-time keys (locking them in key order first when `lock_rows`)
+/// and returns those this transaction deleted: a key another claim took is not among
+/// them.
+async fn take_one_time_keys(
+    tx: &mut crate::Txn,
+    keys: &[(String, String, String, String)],
+    lock_rows: bool,
+) -> Result<Vec<KeyHit>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "DELETE FROM e2e_one_time_keys WHERE (user_id, device_id, algorithm, key_id) IN (
+             SELECT user_id, device_id, algorithm, key_id FROM e2e_one_time_keys
+             WHERE (user_id, device_id, algorithm, key_id) IN {}{lock})
+         RETURNING user_id, device_id, algorithm, key_id, key_json",
+        tuples(1, keys.len(), 4),
+        lock = if lock_rows {
+            " ORDER BY user_id, device_id, algorithm, key_id FOR UPDATE"
+        } else {
+            ""
+        },
+    );
+    let mut q = sqlx::query_as(AssertSqlSafe(sql));
+    for (u, d, a, k) in keys {
+        q = q.bind(u).bind(d).bind(a).bind(k);
+    }
+    Ok(q.fetch_all(tx.conn()).await?)
+}
+
+/// Marks the fallback keys of `devices` used (locking them in order first when
+/// `lock_rows`) and returns them; devices without one are not among them.
+async fn use_fallback_keys(
+    tx: &mut crate::Txn,
+    devices: &[&(String, String, String)],
+    lock_rows: bool,
+) -> Result<Vec<KeyHit>> {
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "UPDATE e2e_fallback_keys SET used = $1 WHERE (user_id, device_id, algorithm) IN (
+             SELECT user_id, device_id, algorithm FROM e2e_fallback_keys
+             WHERE (user_id, device_id, algorithm) IN {}{lock})
+         RETURNING user_id, device_id, algorithm, key_id, key_json",
+        tuples(2, devices.len(), 3),
+        lock = if lock_rows {
+            " ORDER BY user_id, device_id, algorithm FOR UPDATE"
+        } else {
+            ""
+        },
+    );
+    let mut q = sqlx::query_as(AssertSqlSafe(sql)).bind(flag(true));
+    for (u, d, a) in devices {
+        q = q.bind(u).bind(d).bind(a);
+    }
+    Ok(q.fetch_all(tx.conn()).await?)
+}
+
+/// One device's one-time key, alone, for a device whose key a concurrent claim took:
+/// the lowest left, retried while others keep winning; `None` when none is left.
+async fn claim_one_time_key(
     tx: &mut crate::Txn,
     user_id: &str,
     device_id: &str,
@@ -325,7 +457,7 @@ async fn claim_one(
         .fetch_optional(tx.conn())
         .await?;
         let Some((key_id, key_json)) = candidate else {
-            break;
+            return Ok(None);
         };
         let taken = sqlx::query(
             "DELETE FROM e2e_one_time_keys
@@ -342,26 +474,4 @@ async fn claim_one(
             return Ok(Some((key_id, key_json)));
         }
     }
-    let fallback: Option<(String, String)> = sqlx::query_as(
-        "SELECT key_id, key_json FROM e2e_fallback_keys
-         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-    )
-    .bind(user_id)
-    .bind(device_id)
-    .bind(algorithm)
-    .fetch_optional(tx.conn())
-    .await?;
-    if fallback.is_some() {
-        sqlx::query(
-            "UPDATE e2e_fallback_keys SET used = $4
-             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(algorithm)
-        .bind(flag(true))
-        .execute(tx.conn())
-        .await?;
-    }
-    Ok(fallback)
 }

@@ -18,6 +18,7 @@ pub mod admin_users;
 pub mod aliases;
 pub mod backfill;
 pub mod cluster;
+pub mod dehydrated;
 pub mod device_lists;
 pub mod devices;
 pub mod e2e_keys;
@@ -188,6 +189,11 @@ impl Store {
     /// The pool for reads.
     pub(crate) fn reader(&self) -> &AnyPool {
         &self.read
+    }
+
+    /// The pool for writes, for a single statement that needs no explicit transaction.
+    pub(crate) fn writer(&self) -> &AnyPool {
+        &self.write
     }
 
     /// Begins a write transaction named `name` (its span and metric label). Dropping the

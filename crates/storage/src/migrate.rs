@@ -66,6 +66,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../../migrations/postgres/0009_federated_devices.sql"),
         include_str!("../../../migrations/sqlite/0009_federated_devices.sql"),
     ),
+    (
+        10,
+        "dehydrated_devices",
+        include_str!("../../../migrations/postgres/0010_dehydrated_devices.sql"),
+        include_str!("../../../migrations/sqlite/0010_dehydrated_devices.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.

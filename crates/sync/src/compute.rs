@@ -232,7 +232,7 @@ impl SyncService {
             .map(|(r, _)| r.clone())
             .collect();
 
-        let changed_rooms: HashSet<String> = if since.is_some() {
+        let changed_rooms: HashSet<String> = if since.is_some() && moved(StreamKind::Events) {
             self.store
                 .select_rooms_with_events(since_ev, now_ev)
                 .await
@@ -348,17 +348,17 @@ impl SyncService {
             }
         }
 
-        let e2ee = e2ee_sections(
-            &self.store,
-            req.user_id,
-            req.device_id,
-            since.as_ref(),
-            &now,
-        )
-        .await?;
+        let (e2ee, (key_counts, fallback_types)) = tokio::try_join!(
+            e2ee_sections(
+                &self.store,
+                req.user_id,
+                req.device_id,
+                since.as_ref(),
+                &now,
+            ),
+            key_counts(&self.store, req.user_id, req.device_id),
+        )?;
         let to_device_upto = e2ee.to_device_upto;
-        let (key_counts, fallback_types) =
-            key_counts(&self.store, req.user_id, req.device_id).await?;
 
         let is_empty = rooms_body.join.is_empty()
             && rooms_body.invite.is_empty()

@@ -108,17 +108,12 @@ pub(crate) async fn key_counts(
     user_id: &str,
     device_id: &str,
 ) -> Result<(Map<String, Value>, Vec<String>)> {
-    let counts = store
-        .count_one_time_keys(user_id, device_id)
-        .await
-        .map_err(storage_error)?
-        .into_iter()
-        .map(|(alg, n)| (alg, json!(n)))
-        .collect();
-    let fallback = store
-        .select_unused_fallback_algorithms(user_id, device_id)
-        .await
-        .map_err(storage_error)?;
+    let (counts, fallback) = tokio::try_join!(
+        store.count_one_time_keys(user_id, device_id),
+        store.select_unused_fallback_algorithms(user_id, device_id),
+    )
+    .map_err(storage_error)?;
+    let counts = counts.into_iter().map(|(alg, n)| (alg, json!(n))).collect();
     Ok((counts, fallback))
 }
 

@@ -499,4 +499,5 @@ async fn migrations_are_in_step() {
     pg.done().await;
 }
 
+mod dehydrated;
 mod key_backup;
