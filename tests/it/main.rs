@@ -18,6 +18,7 @@ mod federation_reads;
 mod federation_to_device;
 mod key_backup;
 mod operations;
+mod push_counts;
 mod push_rules;
 mod rooms;
 mod split;

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod filter;
 pub mod openid;
 pub mod profile;
+pub mod push_rules;
 pub mod rooms;
 pub mod services;
 
@@ -46,6 +47,8 @@ pub struct ClientApi {
     pub message_limit: Arc<RateLimiter>,
     /// Room creations and joins per user.
     pub room_limit: Arc<RateLimiter>,
+    /// Push rules: change locks and the evaluator's ruleset cache.
+    pub push_rules: push_rules::PushRulesState,
 }
 
 impl axum::extract::FromRef<ClientApi> for Rooms {
@@ -69,5 +72,6 @@ pub fn router(api: ClientApi) -> Router {
     let r = filter::routes(r);
     let r = openid::routes(r);
     let r = rooms::routes(r);
+    let r = push_rules::routes(r);
     r.with_state(api)
 }

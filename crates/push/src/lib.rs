@@ -1,25 +1,14 @@
-//! push: push notifications (spec: Client-Server API, "Push Notifications"). So far the
-//! push rules: each user's ruleset (`rules`) and the `/pushrules` API (`routes`).
+//! push: push notifications (spec: Client-Server API, "Push Notifications";
+//! docs/push.md). So far: each user's push rules (`rules`: the defaults plus their own,
+//! and the cache the evaluator reads them through) and the evaluation of an event
+//! against the rules of every local member of its room (`evaluate`).
 //!
-//! Depends on `core`, `storage`, `bus`, `rooms` (stream writers) and `http`. Holds no
-//! SQL. Must NOT know about `/sync`: the sync crate reads the `m.push_rules` account data
-//! this crate writes, with [`rules::ruleset_of`] for a user who has none stored.
+//! Depends on `core` and `storage`, nothing else of ours: `rooms` calls the evaluator
+//! before persisting an event, `client-api` serves `/pushrules` and `/notifications`,
+//! `sync` reads the counts. Holds no SQL and serves no HTTP.
 
-mod routes;
+pub mod evaluate;
 pub mod rules;
 
-use axum::Router;
-
-pub use rules::PushRules;
-
-/// The state every push handler receives.
-#[derive(Clone, Debug)]
-pub struct PushApi {
-    /// Push rules.
-    pub rules: PushRules,
-}
-
-/// Every push route, with state applied.
-pub fn router(api: PushApi) -> Router {
-    routes::routes(Router::new()).with_state(api)
-}
+pub use evaluate::Evaluator;
+pub use rules::RulesetCache;

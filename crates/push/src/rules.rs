@@ -5,40 +5,27 @@
 //! with the current defaults when read, so defaults added by a newer server reach
 //! everyone (docs/push.md).
 //!
-//! Changes are read-modify-write of the whole ruleset, serialized per user by a lock on
-//! main, which alone writes account data.
+//! The `/pushrules` handlers (in `client-api`) change the stored ruleset; this module
+//! reads it, and caches it for the evaluator.
 
 use std::{
-    collections::hash_map::DefaultHasher,
-    hash::{Hash, Hasher},
-    sync::Arc,
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use ganglion_bus::Row;
 use ganglion_core::{Error, Result};
-use ganglion_rooms::{storage_error, streams::StreamWriter};
 use ganglion_storage::Store;
 use ruma::{
     UserId,
     push::{ConditionalPushRule, PatternedPushRule, Ruleset},
 };
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 /// The account-data type the ruleset is stored under.
 pub const PUSH_RULES: &str = "m.push_rules";
-
-/// Lock stripes: users hash onto these, so concurrent changes of one user's rules queue
-/// while other users' go ahead, with a bounded number of locks.
-const STRIPES: usize = 64;
-
-/// The push-rule service. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct PushRules {
-    store: Store,
-    account_data: Arc<StreamWriter>,
-    locks: Arc<Vec<Mutex<()>>>,
-}
 
 /// The server's default rules for `user`: the spec's predefined rules (ruma's
 /// `Ruleset::server_default`) plus the legacy mention rules that Synapse still has and
@@ -126,59 +113,65 @@ pub fn content(rules: &Ruleset) -> Result<Value> {
     Ok(json!({ "global": global }))
 }
 
-impl PushRules {
-    /// The service over the store and main's account-data writer.
-    pub fn new(store: Store, account_data: Arc<StreamWriter>) -> PushRules {
-        PushRules {
+/// Every user's ruleset, cached on main for the evaluator: loaded from the store on
+/// first use and dropped when the user changes a rule ([`RulesetCache::invalidate`],
+/// called by the `/pushrules` handlers after they write, on main too). A load that
+/// overlaps an invalidation is not kept (an epoch counter tells), so a stale ruleset
+/// never outlives a change. Bounded: past `CAPACITY` users it starts again empty.
+#[derive(Clone, Debug)]
+pub struct RulesetCache {
+    store: Store,
+    inner: Arc<Mutex<HashMap<String, Arc<Ruleset>>>>,
+    epoch: Arc<AtomicU64>,
+}
+
+/// Users whose rulesets the cache holds at most (about 8 KiB each).
+const CAPACITY: usize = 10_000;
+
+impl RulesetCache {
+    /// An empty cache over the store.
+    pub fn new(store: Store) -> RulesetCache {
+        RulesetCache {
             store,
-            account_data,
-            locks: Arc::new((0..STRIPES).map(|_| Mutex::new(())).collect()),
+            inner: Arc::new(Mutex::new(HashMap::new())),
+            epoch: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// The user's ruleset.
-    pub async fn ruleset(&self, user: &UserId) -> Result<Ruleset> {
+    /// The user's ruleset, from the cache or the store.
+    pub async fn get(&self, user: &UserId) -> Result<Arc<Ruleset>> {
+        if let Some(r) = self.lock().get(user.as_str()) {
+            return Ok(r.clone());
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
         let stored = self
             .store
             .select_account_data(user.as_str(), "", PUSH_RULES)
             .await
-            .map_err(storage_error)?;
-        Ok(ruleset_of(user, stored.as_deref()))
+            .map_err(|e| Error::internal(format!("push rules of {user}: {e}")))?;
+        let rules = Arc::new(ruleset_of(user, stored.as_deref()));
+        let mut map = self.lock();
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            if map.len() >= CAPACITY {
+                map.clear();
+            }
+            map.insert(user.to_string(), rules.clone());
+        }
+        Ok(rules)
     }
 
-    /// Applies `change` to the user's ruleset and stores the result, at the next
-    /// account-data position (so the user's long-polls wake with the new rules). Changes
-    /// of one user are applied one at a time; an error from `change` stores nothing.
-    pub async fn change<F>(&self, user: &UserId, change: F) -> Result<()>
-    where
-        F: FnOnce(&mut Ruleset) -> Result<()>,
-    {
-        let _queue = self.lock(user).lock().await;
-        let mut rules = self.ruleset(user).await?;
-        change(&mut rules)?;
-        let text = content(&rules)?.to_string();
-        let row = Row {
-            user_id: user.to_string(),
-            kind: PUSH_RULES.to_owned(),
-            ..Default::default()
-        };
-        let (store, user_id) = (&self.store, user.as_str());
-        self.account_data
-            .write(vec![row], |pos| async move {
-                store
-                    .upsert_account_data(user_id, "", PUSH_RULES, &text, pos)
-                    .await
-                    .map_err(storage_error)
-            })
-            .await?;
-        Ok(())
+    /// Forgets the user's ruleset (they changed it).
+    pub fn invalidate(&self, user: &UserId) {
+        let mut map = self.lock();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        map.remove(user.as_str());
     }
 
-    fn lock(&self, user: &UserId) -> &Mutex<()> {
-        let mut h = DefaultHasher::new();
-        user.as_str().hash(&mut h);
-        let i = usize::try_from(h.finish() % STRIPES as u64).unwrap_or(0);
-        &self.locks[i]
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Ruleset>>> {
+        // A panic while holding the lock leaves a map that is still valid.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

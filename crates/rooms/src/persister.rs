@@ -6,9 +6,15 @@
 //! they wait, so events of one room are persisted in order and never share a batch out
 //! of order. Positions are allocated here, in commit order; after each commit the
 //! persister announces the new position on the bus.
+//!
+//! Push rules are evaluated here, once per event whatever its origin (local sends,
+//! events from other servers): in [`Persister::persist`], in the caller's task before
+//! the event is queued, so rooms are evaluated in parallel and the event's
+//! notifications are written in its own transaction (docs/push.md).
 
 use ganglion_bus::{Bus, Entry, Row};
 use ganglion_core::{Error, StreamKind, StreamPos};
+use ganglion_push::Evaluator;
 use ganglion_storage::{
     Store,
     events::{NewEvent, Persisted},
@@ -32,13 +38,16 @@ struct Job {
 pub struct Persister {
     tx: mpsc::Sender<Job>,
     position: watch::Receiver<StreamPos>,
+    push: Option<Evaluator>,
 }
 
 impl Persister {
     /// Starts the persister task; it runs until `shutdown` fires and its queue is drained.
+    /// `push` evaluates every event's push rules (`None`: nobody is notified).
     pub async fn start(
         store: Store,
         bus: Bus,
+        push: Option<Evaluator>,
         shutdown: CancellationToken,
     ) -> Result<(Persister, tokio::task::JoinHandle<()>), Error> {
         let next_ordering = store
@@ -62,11 +71,30 @@ impl Persister {
             pos_tx,
         };
         let handle = tokio::spawn(task.run(shutdown));
-        Ok((Persister { tx, position }, handle))
+        Ok((Persister { tx, position, push }, handle))
     }
 
-    /// Persists one event; resolves once it is committed (and announced).
-    pub async fn persist(&self, event: NewEvent) -> Result<Persisted, Error> {
+    /// Persists one event with the notifications its push rules decide; resolves once
+    /// it is committed (and announced). The caller holds the room's lock, so the room
+    /// state the rules read is the state before this event.
+    pub async fn persist(&self, mut event: NewEvent) -> Result<Persisted, Error> {
+        if let Some(push) = &self.push {
+            // A failure to evaluate costs the event its notifications, never the event.
+            event.push_actions = push.evaluate(&event).await.unwrap_or_else(|e| {
+                tracing::warn!(event_id = %event.event_id, error = %e, "push rules not evaluated");
+                Vec::new()
+            });
+        }
+        let room_state_changes = event.state_key.is_some() && !event.soft_failed && !event.outlier;
+        let room_id = room_state_changes.then(|| event.room_id.clone());
+        let out = self.enqueue(event).await;
+        if let (Some(push), Some(room_id)) = (&self.push, room_id) {
+            push.state_changed(&room_id);
+        }
+        out
+    }
+
+    async fn enqueue(&self, event: NewEvent) -> Result<Persisted, Error> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Job { event, reply }).await.map_err(|_| {
             Error::new(

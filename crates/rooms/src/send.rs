@@ -253,6 +253,7 @@ impl Rooms {
             state_before: None,
             resolved_current: None,
             soft_failed: false,
+            push_actions: Vec::new(),
         };
         let Some(persister) = &self.inner.persister else {
             return Err(Error::new(

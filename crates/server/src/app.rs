@@ -12,12 +12,14 @@ use axum::{
 };
 use ganglion_account_api::Accounts;
 use ganglion_bus::Bus;
-use ganglion_client_api::{ClientApi, ClientConfig, Ephemeral, UserData};
+use ganglion_client_api::{
+    ClientApi, ClientConfig, Ephemeral, UserData, push_rules::PushRulesState,
+};
 use ganglion_core::{Error, ErrorKind, config::Config};
 use ganglion_e2ee::{E2eeApi, Keys, ToDevice, backup::Backup, dehydrated::Dehydrated};
 use ganglion_federation_client::ServerKey;
 use ganglion_http::{ApiError, BodyLimit, ClientIp, RateLimiter};
-use ganglion_push::{PushApi, PushRules};
+use ganglion_push::{Evaluator, RulesetCache};
 use ganglion_rooms::{Persister, Rooms, streams::StreamWriters, typing::Typing};
 use ganglion_storage::Store;
 use ganglion_sync::{Notifier, SyncService};
@@ -141,8 +143,11 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         }
         None => Bus::in_process("main"),
     };
+    // Push rules: the cache the evaluator reads and the /pushrules handlers refresh.
+    let rulesets = RulesetCache::new(store.clone());
+    let evaluator = Evaluator::new(store.clone(), server_name.clone(), rulesets.clone());
     let (persister, persister_task) =
-        Persister::start(store.clone(), bus.clone(), tasks.clone()).await?;
+        Persister::start(store.clone(), bus.clone(), Some(evaluator), tasks.clone()).await?;
     let writers = StreamWriters::new(&store, &bus).await?;
     let typing = Typing::new(writers.typing.clone());
     // Other servers, for the services that call them: the client and the key ring.
@@ -261,6 +266,7 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
         }),
         message_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.message))),
         room_limit: Arc::new(RateLimiter::new(limit(config.rate_limits.rooms))),
+        push_rules: PushRulesState::new(rulesets),
     };
     let accounts = Accounts::new(
         store.clone(),
@@ -283,17 +289,13 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     let accounts_for_cli = accounts.clone();
     let bus_handle = bus.clone();
 
-    let push = PushApi {
-        rules: PushRules::new(store.clone(), writers.account_data.clone()),
-    };
     spawn_maintenance(&tasks, typing, writers, store.clone());
 
     let routes = Router::new()
         .merge(ganglion_client_api::router(client))
         .merge(ganglion_sync::router(sync))
         .merge(ganglion_account_api::router(accounts.clone()))
-        .merge(ganglion_e2ee::router(e2ee))
-        .merge(ganglion_push::router(push));
+        .merge(ganglion_e2ee::router(e2ee));
     // The internal listener serves the same routes behind the secret; the address a
     // worker forwards is the client's.
     let internal = match (config.listeners.internal, &config.cluster.internal_secret) {

@@ -120,6 +120,9 @@ pub struct NewEvent {
     /// Passed the auth rules against the state before it but not against current
     /// state: kept out of the timeline, the extremities and current state.
     pub soft_failed: bool,
+    /// The local users this event notifies, as their push rules decided (written with
+    /// the event, at its position).
+    pub push_actions: Vec<crate::push_actions::NewPushAction>,
 }
 
 /// One entry of a resolved current state.
@@ -260,6 +263,17 @@ impl Store {
                 .bind(ev.origin_server_ts)
                 .bind(&ev.room_id)
                 .execute(tx.conn())
+                .await?;
+            }
+            if !ev.push_actions.is_empty() && !ev.soft_failed && !ev.outlier {
+                crate::push_actions::insert_push_actions(
+                    &mut tx,
+                    &ev.room_id,
+                    &ev.event_id,
+                    ordering,
+                    ev.origin_server_ts,
+                    &ev.push_actions,
+                )
                 .await?;
             }
             if ev.soft_failed {

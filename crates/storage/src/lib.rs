@@ -26,6 +26,7 @@ pub mod events;
 pub mod key_backup;
 mod migrate;
 pub mod openid;
+pub mod push_actions;
 pub mod receipts;
 pub mod remote_devices;
 pub mod rooms;

@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../../migrations/postgres/0010_dehydrated_devices.sql"),
         include_str!("../../../migrations/sqlite/0010_dehydrated_devices.sql"),
     ),
+    (
+        11,
+        "push_actions",
+        include_str!("../../../migrations/postgres/0011_push_actions.sql"),
+        include_str!("../../../migrations/sqlite/0011_push_actions.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Ganglion's migration lock on PostgreSQL.

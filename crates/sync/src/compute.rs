@@ -12,6 +12,7 @@ use crate::{
     e2ee::{e2ee_sections, key_counts},
     filter::SyncFilter,
     notifier::Notifier,
+    unread::unread_counts,
 };
 
 /// One sync's inputs.
@@ -303,44 +304,60 @@ impl SyncService {
             device_id: req.device_id,
         };
 
+        // Joined rooms with something to say, first, so their unread counts are read in
+        // one query.
+        let mut join_rooms: Vec<(&String, &Membership, bool, bool)> = Vec::new();
+        for (room_id, m) in &memberships {
+            if m.membership != "join" || !f.room_allowed(room_id) {
+                continue;
+            }
+            let changed_since = m.event.stream_ordering > since_ev;
+            let newly = since.is_none() || changed_since || req.full_state;
+            let has_events = changed_rooms.contains(room_id);
+            let typing_changed = typing.get(room_id).is_some_and(|t| {
+                t.pos > since_typing && (since.is_some() || !t.user_ids.is_empty())
+            });
+            let receipts_changed = receipt_rooms.contains(room_id);
+            let ad_changed = room_account.contains_key(room_id);
+            if newly || has_events || typing_changed || receipts_changed || ad_changed {
+                join_rooms.push((room_id, m, newly, receipts_changed));
+            }
+        }
+        let ids: Vec<String> = join_rooms.iter().map(|(r, ..)| (*r).clone()).collect();
+        let mut counts = unread_counts(&self.store, req.user_id, &ids, f.thread_counts).await?;
+        for (room_id, m, newly, receipts_changed) in join_rooms {
+            let mut room = self
+                .joined_room(req, room_id, m, newly, since_ev, now_ev)
+                .await?;
+            let unread = counts.remove(room_id.as_str()).unwrap_or_default();
+            room.insert("unread_notifications".into(), unread.counts());
+            if f.thread_counts {
+                room.insert("unread_thread_notifications".into(), unread.threads());
+            }
+            let mut ephemeral = Vec::new();
+            if let Some(t) = typing.get(room_id).filter(|t| t.pos > since_typing) {
+                ephemeral
+                    .push(json!({ "type": "m.typing", "content": { "user_ids": t.user_ids } }));
+            }
+            if (since.is_none() || receipts_changed)
+                && let Some(r) = self.receipts(req.user_id, room_id, since, now).await?
+            {
+                ephemeral.push(r);
+            }
+            room.insert("ephemeral".into(), json!({ "events": ephemeral }));
+            room.insert(
+                "account_data".into(),
+                json!({ "events": room_account.remove(room_id).unwrap_or_default() }),
+            );
+            rooms_body.join.insert(room_id.clone(), raw(&room)?);
+        }
+
         for (room_id, m) in &memberships {
             if !f.room_allowed(room_id) {
                 continue;
             }
             let changed_since = m.event.stream_ordering > since_ev;
             match m.membership.as_str() {
-                "join" => {
-                    let newly = since.is_none() || changed_since || req.full_state;
-                    let has_events = changed_rooms.contains(room_id);
-                    let typing_changed = typing.get(room_id).is_some_and(|t| {
-                        t.pos > since_typing && (since.is_some() || !t.user_ids.is_empty())
-                    });
-                    let receipts_changed = receipt_rooms.contains(room_id);
-                    let ad_changed = room_account.contains_key(room_id);
-                    if !(newly || has_events || typing_changed || receipts_changed || ad_changed) {
-                        continue;
-                    }
-                    let mut room = self
-                        .joined_room(req, room_id, m, newly, since_ev, now_ev)
-                        .await?;
-                    let mut ephemeral = Vec::new();
-                    if let Some(t) = typing.get(room_id).filter(|t| t.pos > since_typing) {
-                        ephemeral.push(
-                            json!({ "type": "m.typing", "content": { "user_ids": t.user_ids } }),
-                        );
-                    }
-                    if (since.is_none() || receipts_changed)
-                        && let Some(r) = self.receipts(req.user_id, room_id, since, now).await?
-                    {
-                        ephemeral.push(r);
-                    }
-                    room.insert("ephemeral".into(), json!({ "events": ephemeral }));
-                    room.insert(
-                        "account_data".into(),
-                        json!({ "events": room_account.remove(room_id).unwrap_or_default() }),
-                    );
-                    rooms_body.join.insert(room_id.clone(), raw(&room)?);
-                }
                 "invite" if since.is_none() || changed_since => {
                     rooms_body.invite.insert(room_id.clone(), raw(&json!({ "invite_state": { "events": self.stripped_state(room_id, &m.event).await? } }))?);
                 }

@@ -20,6 +20,8 @@ pub struct SyncFilter {
     pub not_rooms: Vec<String>,
     /// Account data types excluded entirely (`*` = all).
     pub account_data_off: bool,
+    /// `unread_thread_notifications` (of the timeline filter): count threads apart.
+    pub thread_counts: bool,
 }
 
 impl Default for SyncFilter {
@@ -32,6 +34,7 @@ impl Default for SyncFilter {
             rooms: None,
             not_rooms: Vec::new(),
             account_data_off: false,
+            thread_counts: false,
         }
     }
 }
@@ -59,6 +62,7 @@ impl SyncFilter {
                 .map(|r| r.iter().map(ToString::to_string).collect()),
             not_rooms: room.not_rooms.iter().map(ToString::to_string).collect(),
             account_data_off: def.account_data.not_types.iter().any(|t| t == "*"),
+            thread_counts: room.timeline.unread_thread_notifications,
         }
     }
 

@@ -8,6 +8,7 @@ mod e2ee;
 pub mod filter;
 pub mod notifier;
 mod rooms;
+mod unread;
 
 use std::time::Duration;
 

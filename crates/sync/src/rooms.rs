@@ -98,10 +98,6 @@ impl SyncService {
         } else {
             room.insert("summary".into(), json!({}));
         }
-        room.insert(
-            "unread_notifications".into(),
-            json!({ "highlight_count": 0, "notification_count": 0 }),
-        );
         Ok(room)
     }
 

@@ -259,6 +259,7 @@ impl Rooms {
             state_before: fork,
             resolved_current,
             soft_failed,
+            push_actions: Vec::new(),
         };
         let persisted = persister.persist(new_event).await;
         // The extremities may now be several: let the record say.

@@ -141,6 +141,7 @@ impl Rooms {
                 state_before: None,
                 resolved_current: None,
                 soft_failed: false,
+                push_actions: Vec::new(),
             };
             let persisted = match persister.persist(new_event).await {
                 Ok(p) => p,

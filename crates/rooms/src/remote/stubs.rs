@@ -134,6 +134,7 @@ impl Rooms {
             state_before: None,
             resolved_current: None,
             soft_failed: false,
+            push_actions: Vec::new(),
         };
         let persisted = persister.persist(new_event).await;
         self.drop_head(room_id.as_str());

@@ -190,6 +190,7 @@ fn event(id: &str, room: &str, kind: &str, sk: Option<&str>, prev: &[&str]) -> N
         state_before: None,
         resolved_current: None,
         soft_failed: false,
+        push_actions: Vec::new(),
     }
 }
 

@@ -1,9 +1,18 @@
-//! The `/pushrules` handlers (spec: Client-Server API, "Push Rules: API"). Written over
-//! plain paths rather than ruma's request types so that every bad input gets Synapse's
-//! answer (an unknown kind, a malformed rule or a missing `before` rule is 400 `M_UNKNOWN`,
-//! as `synapse/rest/client/push_rule.py` has it) instead of a parse error.
+//! The `/pushrules` handlers (spec: Client-Server API, "Push Rules: API"; docs/push.md).
+//! A user's ruleset is their `m.push_rules` account data, so a change is a
+//! read-modify-write of it, one at a time per user (this process is main, the only
+//! writer of account data), followed by dropping the evaluator's cached copy.
+//!
+//! Written over plain paths rather than ruma's request types so that every bad input
+//! gets Synapse's answer (an unknown kind, a malformed rule or a missing `before` rule
+//! is 400 `M_UNKNOWN`, as `synapse/rest/client/push_rule.py` has it) instead of a parse
+//! error.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, hash_map::DefaultHasher},
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
@@ -11,10 +20,19 @@ use axum::{
     routing::get,
 };
 use bytes::Bytes;
-use ganglion_core::Error;
-use ganglion_http::{ApiResult, Identity};
+use ganglion_core::{Error, Result};
+use ganglion_http::{ApiResult, Authed, Identity, route};
+use ganglion_push::{
+    RulesetCache,
+    rules::{PUSH_RULES, content, ruleset_of},
+};
+use ganglion_rooms::{
+    format::{Shape, Viewer},
+    storage_error,
+};
 use ruma::{
-    OwnedRoomId, OwnedUserId,
+    OwnedRoomId, OwnedUserId, UserId,
+    api::client::push::get_notifications,
     push::{
         Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
         NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
@@ -22,13 +40,74 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use crate::PushApi;
+use crate::ClientApi;
+
+/// Lock stripes: users hash onto these, so concurrent changes of one user's rules queue
+/// while other users' go ahead, with a bounded number of locks.
+const STRIPES: usize = 64;
+
+/// What the push-rule handlers share: the per-user change locks and the evaluator's
+/// ruleset cache. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PushRulesState {
+    cache: RulesetCache,
+    locks: Arc<Vec<tokio::sync::Mutex<()>>>,
+}
+
+impl PushRulesState {
+    /// The state over the cache the evaluator reads.
+    pub fn new(cache: RulesetCache) -> PushRulesState {
+        PushRulesState {
+            cache,
+            locks: Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()),
+        }
+    }
+
+    /// The user's ruleset as stored (merged with the current defaults).
+    async fn ruleset(&self, api: &ClientApi, user: &UserId) -> Result<Ruleset> {
+        let stored = match api
+            .user_data
+            .account_data(user.as_str(), "", PUSH_RULES)
+            .await
+        {
+            Ok(v) => Some(v.to_string()),
+            Err(e) if e.kind == ganglion_core::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(ruleset_of(user, stored.as_deref()))
+    }
+
+    /// Applies `change` to the user's ruleset and stores it as account data (so the
+    /// user's long-polls wake with the new rules), then drops the evaluator's copy. An
+    /// error from `change` stores nothing.
+    async fn change<F>(&self, api: &ClientApi, user: &UserId, change: F) -> Result<()>
+    where
+        F: FnOnce(&mut Ruleset) -> Result<()>,
+    {
+        let _queue = self.lock(user).lock().await;
+        let mut rules = self.ruleset(api, user).await?;
+        change(&mut rules)?;
+        api.user_data
+            .set_account_data(user.as_str(), "", PUSH_RULES, &content(&rules)?)
+            .await?;
+        self.cache.invalidate(user);
+        Ok(())
+    }
+
+    fn lock(&self, user: &UserId) -> &tokio::sync::Mutex<()> {
+        let mut h = DefaultHasher::new();
+        user.as_str().hash(&mut h);
+        let i = usize::try_from(h.finish() % STRIPES as u64).unwrap_or(0);
+        &self.locks[i]
+    }
+}
 
 /// The rule kinds of the `global` scope, in priority order.
 const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
 
-/// Registers every `/pushrules` route, under `r0` and `v3`.
-pub(crate) fn routes(mut r: Router<PushApi>) -> Router<PushApi> {
+/// Registers every `/pushrules` route, under `r0` and `v3`, and `/notifications`.
+pub(crate) fn routes(r: Router<ClientApi>) -> Router<ClientApi> {
+    let mut r = route::<get_notifications::v3::Request, _, _, _>(r, get_notifications);
     for v in ["r0", "v3"] {
         let base = format!("/_matrix/client/{v}/pushrules");
         r = r
@@ -89,48 +168,48 @@ fn body_json(body: &Bytes) -> ApiResult<Value> {
 }
 
 /// `GET /pushrules/`.
-async fn get_all(State(api): State<PushApi>, who: Identity) -> ApiResult<Json<Value>> {
-    let rules = api.rules.ruleset(&who.user_id).await?;
+async fn get_all(State(api): State<ClientApi>, who: Identity) -> ApiResult<Json<Value>> {
+    let rules = api.push_rules.ruleset(&api, &who.user_id).await?;
     Ok(Json(json!({ "global": as_json(&rules)? })))
 }
 
 /// `GET /pushrules/global/`.
-async fn get_global(State(api): State<PushApi>, who: Identity) -> ApiResult<Json<Value>> {
-    let rules = api.rules.ruleset(&who.user_id).await?;
+async fn get_global(State(api): State<ClientApi>, who: Identity) -> ApiResult<Json<Value>> {
+    let rules = api.push_rules.ruleset(&api, &who.user_id).await?;
     Ok(Json(as_json(&rules)?))
 }
 
 /// `GET /pushrules/global/{kind}/`: the rules of one kind (as Synapse).
 async fn get_kind(
-    State(api): State<PushApi>,
+    State(api): State<ClientApi>,
     who: Identity,
     Path(kind): Path<String>,
 ) -> ApiResult<Json<Value>> {
     kind_of(&kind)?;
-    let rules = api.rules.ruleset(&who.user_id).await?;
+    let rules = api.push_rules.ruleset(&api, &who.user_id).await?;
     Ok(Json(as_json(&rules)?[kind.as_str()].take()))
 }
 
 /// `GET /pushrules/global/{kind}/{ruleId}`.
 async fn get_rule(
-    State(api): State<PushApi>,
+    State(api): State<ClientApi>,
     who: Identity,
     Path((kind, rule_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     kind_of(&kind)?;
-    let rules = api.rules.ruleset(&who.user_id).await?;
+    let rules = api.push_rules.ruleset(&api, &who.user_id).await?;
     Ok(Json(rule_json(&rules, &kind, &rule_id)?))
 }
 
 /// `GET /pushrules/global/{kind}/{ruleId}/{enabled|actions}`.
 async fn get_attr(
-    State(api): State<PushApi>,
+    State(api): State<ClientApi>,
     who: Identity,
     Path((kind, rule_id, attr)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
     kind_of(&kind)?;
     check_attr(&attr)?;
-    let rules = api.rules.ruleset(&who.user_id).await?;
+    let rules = api.push_rules.ruleset(&api, &who.user_id).await?;
     let rule = rule_json(&rules, &kind, &rule_id)?;
     Ok(Json(json!({ attr.as_str(): rule[attr.as_str()] })))
 }
@@ -151,7 +230,7 @@ fn check_attr(attr: &str) -> ApiResult<()> {
 /// of the user's own. Server-default rules (ids starting with `.`) cannot be created or
 /// replaced, only enabled, disabled or given other actions.
 async fn put_rule(
-    State(api): State<PushApi>,
+    State(api): State<ClientApi>,
     who: Identity,
     Path((kind, rule_id)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
@@ -161,8 +240,8 @@ async fn put_rule(
     let body = body_json(&body)?;
     let rule = new_rule(kind, &rule_id, &body)?;
     let (after, before) = (q.get("after").cloned(), q.get("before").cloned());
-    api.rules
-        .change(&who.user_id, |rules| {
+    api.push_rules
+        .change(&api, &who.user_id, |rules| {
             rules
                 .insert(rule, after.as_deref(), before.as_deref())
                 .map_err(|e| insert_error(&e))
@@ -273,7 +352,7 @@ fn actions_of(body: &Value) -> Result<Vec<Action>, Error> {
 /// `PUT /pushrules/global/{kind}/{ruleId}/{enabled|actions}`: also for server-default
 /// rules; 404 `M_NOT_FOUND` for a rule the user does not have.
 async fn put_attr(
-    State(api): State<PushApi>,
+    State(api): State<ClientApi>,
     who: Identity,
     Path((kind, rule_id, attr)): Path<(String, String, String)>,
     body: Bytes,
@@ -285,8 +364,8 @@ async fn put_attr(
         let Some(enabled) = body.get("enabled").and_then(Value::as_bool) else {
             return Err(Error::unknown("'enabled' must be true or false").into());
         };
-        api.rules
-            .change(&who.user_id, |rules| {
+        api.push_rules
+            .change(&api, &who.user_id, |rules| {
                 rules
                     .set_enabled(kind, &rule_id, enabled)
                     .map_err(|_| not_found())
@@ -294,8 +373,8 @@ async fn put_attr(
             .await?;
     } else {
         let actions = actions_of(&body)?;
-        api.rules
-            .change(&who.user_id, |rules| {
+        api.push_rules
+            .change(&api, &who.user_id, |rules| {
                 rules
                     .set_actions(kind, &rule_id, actions)
                     .map_err(|_| not_found())
@@ -308,13 +387,13 @@ async fn put_attr(
 /// `DELETE /pushrules/global/{kind}/{ruleId}`: only the user's own rules; a
 /// server-default rule is 404 `M_NOT_FOUND`, as Synapse answers (it is not theirs).
 async fn delete_rule(
-    State(api): State<PushApi>,
+    State(api): State<ClientApi>,
     who: Identity,
     Path((kind, rule_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let kind = kind_of(&kind)?;
-    api.rules
-        .change(&who.user_id, |rules| {
+    api.push_rules
+        .change(&api, &who.user_id, |rules| {
             rules.remove(kind, &rule_id).map_err(|e| match e {
                 RemovePushRuleError::ServerDefault => {
                     Error::not_found("server-default rules cannot be deleted")
@@ -324,4 +403,79 @@ async fn delete_rule(
         })
         .await?;
     Ok(Json(json!({})))
+}
+
+/// Notifications per `/notifications` page when the client gives no `limit`.
+const NOTIFICATIONS_PAGE: i64 = 20;
+
+/// `GET /_matrix/client/v3/notifications?from=…&limit=…&only=highlight`: the user's
+/// notifications, newest first, each with whether it is read; `next_token` continues
+/// (spec: "Listing Notifications").
+pub async fn get_notifications(
+    State(api): State<ClientApi>,
+    req: Authed<get_notifications::v3::Request>,
+) -> ApiResult<Json<Value>> {
+    let b = &req.body;
+    let before = match b.from.as_deref() {
+        None | Some("") => None,
+        Some(t) => Some(
+            t.parse::<i64>()
+                .map_err(|_| Error::invalid_param(format!("invalid from token {t:?}")))?,
+        ),
+    };
+    let limit = b
+        .limit
+        .map_or(NOTIFICATIONS_PAGE, |l| {
+            i64::try_from(u64::from(l)).unwrap_or(i64::MAX)
+        })
+        .clamp(1, 100);
+    let only_highlight = match b.only.as_deref() {
+        None | Some("") => false,
+        Some("highlight") => true,
+        Some(other) => {
+            return Err(Error::invalid_param(format!("unknown `only` value {other:?}")).into());
+        }
+    };
+    let store = api.rooms.store();
+    let rows = store
+        .select_notifications(req.user().as_str(), before, limit, only_highlight)
+        .await
+        .map_err(storage_error)?;
+    let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+    let events = store.select_events(&ids).await.map_err(storage_error)?;
+    let viewer = Viewer {
+        user_id: req.user().as_str(),
+        device_id: req.device().as_str(),
+    };
+    let formatted = api
+        .rooms
+        .format_events(&events, Some(viewer), Shape::Client)
+        .await?;
+    let by_id: HashMap<&str, &Value> = events
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .zip(formatted.iter())
+        .collect();
+    let mut notifications = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let Some(event) = by_id.get(r.event_id.as_str()) else {
+            continue;
+        };
+        let actions: Value = serde_json::from_str(&r.actions).unwrap_or_else(|_| json!([]));
+        notifications.push(json!({
+            "actions": actions,
+            "event": event,
+            "read": r.read,
+            "room_id": r.room_id,
+            "ts": r.ts,
+        }));
+    }
+    let next = (i64::try_from(rows.len()).unwrap_or(0) == limit)
+        .then(|| rows.last().map(|r| r.stream_ordering.to_string()))
+        .flatten();
+    let mut body = json!({ "notifications": notifications });
+    if let Some(next) = next {
+        body["next_token"] = json!(next);
+    }
+    Ok(Json(body))
 }
