@@ -361,3 +361,14 @@ async fn unread_counts_match_synapse() {
     );
     srv.cleanup().await;
 }
+
+/// `push.enabled = false`: the same conversation notifies nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_off_counts_nothing() {
+    let srv = TestServer::start_with(Backend::Sqlite, "[push]\nenabled = false\n").await;
+    let run = converse(&srv.base.clone()).await;
+    assert_eq!(counts(&run).await, [[0, 0]; 4]);
+    let list = run.bob.get("/_matrix/client/v3/notifications").await.ok();
+    assert_eq!(list["notifications"], json!([]));
+    srv.cleanup().await;
+}

@@ -34,6 +34,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Federation (the Server-Server API).
     pub federation: FederationConfig,
+    /// Push notifications.
+    pub push: PushConfig,
     /// Per-process sections, `[processes.<instance>]`: the role and listeners of the
     /// process started with that instance name (`--instance`, or `cluster.instance`).
     pub processes: std::collections::BTreeMap<String, ProcessConfig>,
@@ -258,6 +260,21 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             acquire_timeout_secs: 10,
         }
+    }
+}
+
+/// `[push]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Whether push rules are evaluated when events are persisted (unread counts,
+    /// `/notifications`). On by default; off, nobody is notified of anything.
+    pub enabled: bool,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig { enabled: true }
     }
 }
 

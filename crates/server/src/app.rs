@@ -145,9 +145,12 @@ pub async fn build_all(config: Config) -> Result<Server, StartError> {
     };
     // Push rules: the cache the evaluator reads and the /pushrules handlers refresh.
     let rulesets = RulesetCache::new(store.clone());
-    let evaluator = Evaluator::new(store.clone(), server_name.clone(), rulesets.clone());
+    let evaluator = config
+        .push
+        .enabled
+        .then(|| Evaluator::new(store.clone(), server_name.clone(), rulesets.clone()));
     let (persister, persister_task) =
-        Persister::start(store.clone(), bus.clone(), Some(evaluator), tasks.clone()).await?;
+        Persister::start(store.clone(), bus.clone(), evaluator, tasks.clone()).await?;
     let writers = StreamWriters::new(&store, &bus).await?;
     let typing = Typing::new(writers.typing.clone());
     // Other servers, for the services that call them: the client and the key ring.

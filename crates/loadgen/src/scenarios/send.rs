@@ -3,11 +3,15 @@
 //! it into room `number % rooms`, until `messages` are sent or `max_seconds` is up. The rate
 //! is successful sends over the wall time from the first send to the last answer; latency is
 //! per request.
+//!
+//! With `members` (set-up [`setup_members`]), the messages go into one public room that
+//! many other users have joined, so each send is evaluated against every member's push
+//! rules: the figures are `send.members_{m}.c_{c}.*`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::{StreamExt, TryStreamExt, future::join_all};
 use serde_json::json;
 
 use crate::client::Session;
@@ -18,6 +22,8 @@ use crate::{Ctx, Result, SendArgs};
 pub struct SendSetup {
     sender: Session,
     rooms: Vec<String>,
+    /// Members of the one room (the sender included), when set up by [`setup_members`].
+    members: Option<usize>,
 }
 
 pub async fn setup(ctx: &Ctx, rooms: usize) -> Result<SendSetup> {
@@ -25,7 +31,36 @@ pub async fn setup(ctx: &Ctx, rooms: usize) -> Result<SendSetup> {
     let mut users = super::register_users(ctx, &what, 1).await?;
     let sender = users.pop().ok_or("no sender registered")?;
     let rooms = super::create_rooms(ctx, &sender, rooms.max(1), false).await?;
-    Ok(SendSetup { sender, rooms })
+    Ok(SendSetup {
+        sender,
+        rooms,
+        members: None,
+    })
+}
+
+/// One public room of `members` users (the sender and `members - 1` who joined it).
+pub async fn setup_members(ctx: &Ctx, members: usize) -> Result<SendSetup> {
+    let what = format!("sendm{members}");
+    let mut users = super::register_users(ctx, &what, members.max(1)).await?;
+    let sender = users.remove(0);
+    let rooms = super::create_rooms(ctx, &sender, 1, true).await?;
+    let started = Instant::now();
+    let room = &rooms[0];
+    futures_util::stream::iter(users.iter())
+        .map(|u| ctx.http.join(u, room))
+        .buffer_unordered(ctx.setup_concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    ctx.rep.say(&format!(
+        "set-up: {} user(s) joined the room in {:.1}s",
+        users.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(SendSetup {
+        sender,
+        rooms,
+        members: Some(members),
+    })
 }
 
 pub async fn run(ctx: &Ctx, s: &SendSetup, a: &SendArgs) -> Result<()> {
@@ -127,13 +162,13 @@ pub async fn run(ctx: &Ctx, s: &SendSetup, a: &SendArgs) -> Result<()> {
             .say(&format!("send: server CPU {ms:.2} ms per message"));
     }
     let params = json!({
-        "rooms": r, "concurrency": c, "ok": ok, "errors": errors.len(), "seconds": elapsed,
+        "rooms": r, "members": s.members, "concurrency": c, "ok": ok, "errors": errors.len(), "seconds": elapsed,
         "mean_ms": lat.mean(), "server_cpu_s": cpu, "loadgen_cpu_s": own_cpu,
     });
-    let key = if a.rate > 0.0 {
-        format!("send.rooms_{r}.c_{c}.rate_{}", a.rate)
-    } else {
-        format!("send.rooms_{r}.c_{c}")
+    let key = match (s.members, a.rate > 0.0) {
+        (Some(m), _) => format!("send.members_{m}.c_{c}"),
+        (None, true) => format!("send.rooms_{r}.c_{c}.rate_{}", a.rate),
+        (None, false) => format!("send.rooms_{r}.c_{c}"),
     };
     let rep = &ctx.rep;
     for (name, pct) in &observed {
