@@ -32,37 +32,31 @@
 //!    `/events` carry the room key of that message's session.
 //!
 //! The server's URL comes from `GANGLION_URL`. Every wait polls a condition with a
-//! deadline; every request has a client-side timeout and no silent retry.
+//! deadline; every request has a client-side timeout and no silent retry. The helpers
+//! (accounts, logins, devices with a sync loop, waits, room steps) are in
+//! `support/mod.rs`, shared with `e2ee.rs` and `federation.rs`.
+
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use matrix_sdk::{
-    Client, Room, RoomState,
-    config::{RequestConfig, SyncSettings},
+    Client,
     ruma::{
-        OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+        OwnedDeviceId, OwnedEventId, RoomId, UserId,
         api::client::{
-            account::register,
             dehydrated_device::{get_dehydrated_device, get_events, put_dehydrated_device},
             keys::{get_keys, upload_signing_keys},
             message::get_message_events,
-            room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
             to_device::send_event_to_device,
             uiaa,
         },
         api::error::ErrorKind,
-        events::{
-            AnyTimelineEvent, InitialStateEvent,
-            room::{
-                encryption::RoomEncryptionEventContent, member::MembershipState,
-                message::RoomMessageEventContent,
-            },
-        },
+        events::AnyTimelineEvent,
         serde::Raw,
         to_device::DeviceIdOrAllDevices,
     },
@@ -74,11 +68,11 @@ use matrix_sdk_crypto::{
     types::requests::AnyOutgoingRequest,
 };
 use serde_json::Value;
+use support::{
+    Account, Dev, account, create_encrypted_room, env_url, join, log, login_client, rand_u32,
+    run_test, send_all, wait_for, within,
+};
 
-/// Long-poll time of each background `/sync`.
-const SYNC_POLL: Duration = Duration::from_secs(1);
-/// Client-side timeout of every request (a sync gets its poll time on top).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of the whole test.
 const TEST_DEADLINE: Duration = Duration::from_secs(90);
 /// More `/events` batches than this means the server never answers an empty one.
@@ -92,214 +86,8 @@ const FILLER_TYPE: &str = "org.example.dehydrated_test.filler";
 /// The display name the SDK's docs give a dehydrated device.
 const DISPLAY_NAME: &str = "Dehydrated device";
 
-fn server_url() -> String {
-    match std::env::var("GANGLION_URL") {
-        Ok(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
-        _ => panic!(
-            "GANGLION_URL is not set: this test needs a running homeserver \
-             (e.g. GANGLION_URL=http://127.0.0.1:8008; tests/run starts one)"
-        ),
-    }
-}
-
-static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-fn log(msg: &str) {
-    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
-    println!("[{t:6.2}s] {msg}");
-}
-
-/// `fut` with a timeout whose error names the step.
-async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(Duration::from_secs(secs), fut)
-        .await
-        .map_err(|_| anyhow!("{what}: timed out after {secs}s"))?
-        .with_context(|| what.to_owned())
-}
-
-/// Poll `cond` every 50 ms until it returns `Some`, failing after `secs` seconds or as
-/// soon as one of `devs` has lost its sync loop.
-async fn wait_for<T>(
-    secs: u64,
-    what: &str,
-    devs: &[&Dev],
-    mut cond: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        for d in devs {
-            d.check_sync()?;
-        }
-        if let Some(v) = cond().await.with_context(|| what.to_owned())? {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("{what}: not reached within {secs}s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish() as u32
-}
-
-fn json<T>(raw: &Raw<T>) -> Result<Value> {
-    serde_json::from_str(raw.json().get()).context("parsing raw JSON")
-}
-
-async fn new_client(url: &str) -> Result<Client> {
-    Client::builder()
-        .homeserver_url(url)
-        // No silent retries: a timeout, a 5xx or a 429 is a failure.
-        .request_config(
-            RequestConfig::new()
-                .disable_retry()
-                .timeout(REQUEST_TIMEOUT),
-        )
-        .build()
-        .await
-        .context("building the matrix-sdk client")
-}
-
-/// A registered user (UIA `m.login.dummy`), not logged in.
-struct Account {
-    user_id: OwnedUserId,
-    password: String,
-}
-
-async fn account(url: &str, name: &str, run: &str) -> Result<Account> {
-    let localpart = format!("dehyd-{name}-{run}");
-    let password = format!("pw-{run}-{name}");
-    let client = new_client(url).await?;
-    let mut request = register::v3::Request::new();
-    request.username = Some(localpart.clone());
-    request.password = Some(password.clone());
-    request.inhibit_login = true;
-    let response = within(30, &format!("register {localpart}"), async {
-        match client.matrix_auth().register(request.clone()).await {
-            Ok(response) => Ok(response),
-            Err(err) => {
-                let info = err.as_uiaa_response().ok_or_else(|| anyhow!("{err}"))?;
-                let mut dummy = uiaa::Dummy::new();
-                dummy.session = info.session.clone();
-                request.auth = Some(uiaa::AuthData::Dummy(dummy));
-                Ok(client.matrix_auth().register(request).await?)
-            }
-        }
-    })
-    .await?;
-    Ok(Account {
-        user_id: response.user_id,
-        password,
-    })
-}
-
-/// A password login on a new device; no `/sync`, so the client's own crypto uploads
-/// nothing.
-async fn login(url: &str, name: &str, account: &Account) -> Result<Client> {
-    let client = new_client(url).await?;
-    within(30, &format!("login {name}"), async {
-        Ok(client
-            .matrix_auth()
-            .login_username(&account.user_id, &account.password)
-            .initial_device_display_name(&format!("sdk-dehydrated-{name}"))
-            .send()
-            .await?)
-    })
-    .await?;
-    let device_id = client
-        .device_id()
-        .ok_or_else(|| anyhow!("{name}: no device id after login"))?;
-    log(&format!(
-        "{name} logged in as {} on device {device_id}",
-        account.user_id
-    ));
-    Ok(client)
-}
-
-/// A logged-in matrix-sdk client with a background `/sync` loop.
-struct Dev {
-    name: String,
-    client: Client,
-    user_id: OwnedUserId,
-    sync_error: Arc<Mutex<Option<String>>>,
-    sync_task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        self.sync_task.abort();
-    }
-}
-
+// The one view of a device list only this file takes; the rest of `Dev` is in `support`.
 impl Dev {
-    /// Log in, do one `/sync` (which uploads the device keys and one-time keys first),
-    /// then keep syncing in the background.
-    async fn login(url: &str, name: &str, account: &Account) -> Result<Dev> {
-        let client = login(url, name, account).await?;
-        within(30, &format!("{name}: first /sync"), async {
-            client
-                .sync_once(SyncSettings::new().timeout(Duration::ZERO))
-                .await?;
-            Ok(())
-        })
-        .await?;
-        let sync_error = Arc::new(Mutex::new(None));
-        let sync_task = {
-            let client = client.clone();
-            let sync_error = sync_error.clone();
-            let name = name.to_owned();
-            tokio::spawn(async move {
-                loop {
-                    let settings = SyncSettings::new().timeout(SYNC_POLL);
-                    if let Err(e) = client.sync_once(settings).await {
-                        *sync_error.lock().unwrap() = Some(format!("{name} /sync: {e}"));
-                        return;
-                    }
-                }
-            })
-        };
-        Ok(Dev {
-            name: name.to_owned(),
-            client,
-            user_id: account.user_id.clone(),
-            sync_error,
-            sync_task,
-        })
-    }
-
-    fn check_sync(&self) -> Result<()> {
-        if let Some(e) = &*self.sync_error.lock().unwrap() {
-            bail!("{}: the sync loop stopped: {e}", self.name);
-        }
-        ensure!(
-            !self.sync_task.is_finished(),
-            "{}: the sync loop ended",
-            self.name
-        );
-        Ok(())
-    }
-
-    fn room(&self, room_id: &RoomId) -> Result<Room> {
-        self.client
-            .get_room(room_id)
-            .ok_or_else(|| anyhow!("{}: room {room_id} is not in the client's store", self.name))
-    }
-
-    /// Stop syncing and log the device out (`POST /logout`), which deletes it.
-    async fn logout(self) -> Result<()> {
-        self.sync_task.abort();
-        within(30, &format!("{} logs out", self.name), async {
-            self.client.matrix_auth().logout().await?;
-            Ok(())
-        })
-        .await
-    }
-
     /// `user`'s devices as this client's crypto store knows them: id → (dehydrated,
     /// cross-signed by its owner).
     async fn devices_of(&self, user: &UserId) -> Result<BTreeMap<OwnedDeviceId, (bool, bool)>> {
@@ -316,84 +104,8 @@ impl Dev {
     }
 }
 
-/// `creator` creates a private room with `m.room.encryption` in `initial_state`,
-/// inviting `invite`.
-async fn create_encrypted_room(creator: &Dev, invite: &UserId) -> Result<OwnedRoomId> {
-    let mut request = CreateRoomRequest::new();
-    request.preset = Some(RoomPreset::PrivateChat);
-    request.invite = vec![invite.to_owned()];
-    request.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(
-            RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
-    let room = within(30, &format!("{} creates a room", creator.name), async {
-        Ok(creator.client.create_room(request).await?)
-    })
-    .await?;
-    let encrypted = within(20, "encryption state of the new room", async {
-        Ok(room.latest_encryption_state().await?.is_encrypted())
-    })
-    .await?;
-    ensure!(encrypted, "room {} is not encrypted", room.room_id());
-    Ok(room.room_id().to_owned())
-}
-
-/// `dev` joins `room_id` (invited) and `other` sees it joined.
-async fn join(dev: &Dev, room_id: &RoomId, other: &Dev) -> Result<()> {
-    wait_for(
-        20,
-        &format!("{} sees the invite", dev.name),
-        &[dev],
-        async || {
-            Ok(dev
-                .client
-                .get_room(room_id)
-                .filter(|r| r.state() == RoomState::Invited)
-                .map(|_| ()))
-        },
-    )
-    .await?;
-    within(30, &format!("{} joins", dev.name), async {
-        dev.client.join_room_by_id(room_id).await?;
-        Ok(())
-    })
-    .await?;
-    wait_for(
-        20,
-        &format!("{} sees {} joined", other.name, dev.name),
-        &[other, dev],
-        async || {
-            let Some(room) = other.client.get_room(room_id) else {
-                return Ok(None);
-            };
-            Ok(room
-                .get_member_no_sync(&dev.user_id)
-                .await?
-                .filter(|m| *m.membership() == MembershipState::Join)
-                .map(|_| ()))
-        },
-    )
-    .await
-}
-
-/// Send `bodies` in order (the SDK shares the room key first where it must); their
-/// event ids.
-async fn send_all(dev: &Dev, room: &Room, bodies: &[String]) -> Result<Vec<OwnedEventId>> {
-    let mut ids = Vec::with_capacity(bodies.len());
-    for body in bodies {
-        let id = within(30, &format!("{} sends {body:?}", dev.name), async {
-            Ok(room
-                .send(RoomMessageEventContent::text_plain(body))
-                .await?
-                .response
-                .event_id)
-        })
-        .await?;
-        ids.push(id);
-    }
-    Ok(ids)
+fn json<T>(raw: &Raw<T>) -> Result<Value> {
+    serde_json::from_str(raw.json().get()).context("parsing raw JSON")
 }
 
 /// `dev` sends `FILLERS` plain to-device messages to `user`'s device `device_id`, one
@@ -687,15 +399,13 @@ fn session_id(event: &Value) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2ee_dehydrated_device() {
-    let started = Instant::now();
-    match tokio::time::timeout(TEST_DEADLINE, dehydrated_device(&server_url())).await {
-        Ok(Ok(())) => log(&format!(
-            "PASS e2ee_dehydrated_device in {:.1}s",
-            started.elapsed().as_secs_f64()
-        )),
-        Ok(Err(e)) => panic!("e2ee_dehydrated_device failed: {e:#}"),
-        Err(_) => panic!("e2ee_dehydrated_device: overall deadline of {TEST_DEADLINE:?} passed"),
-    }
+    let url = env_url("GANGLION_URL");
+    run_test(
+        "e2ee_dehydrated_device",
+        TEST_DEADLINE,
+        dehydrated_device(&url),
+    )
+    .await;
 }
 
 async fn dehydrated_device(url: &str) -> Result<()> {
@@ -705,11 +415,7 @@ async fn dehydrated_device(url: &str) -> Result<()> {
     let alice = &alice_acc.user_id;
     let alice_a = Dev::login(url, "alice-A", &alice_acc).await?;
     let bob = Dev::login(url, "bob", &bob_acc).await?;
-    let a_id = alice_a
-        .client
-        .device_id()
-        .ok_or_else(|| anyhow!("alice-A has no device id"))?
-        .to_owned();
+    let a_id = alice_a.device_id.clone();
 
     // 1. alice's crypto identity: her cross-signing keys, then a dehydrated device.
     // Element tells "supported, none yet" (404 M_NOT_FOUND) from "not supported"
@@ -737,8 +443,8 @@ async fn dehydrated_device(url: &str) -> Result<()> {
     log(&format!("alice uploaded dehydrated device {old_id}"));
 
     // 2. An encrypted room; device A leaves; bob's keys go to the dehydrated device.
-    let room_id = create_encrypted_room(&alice_a, &bob.user_id).await?;
-    join(&bob, &room_id, &alice_a).await?;
+    let room_id = create_encrypted_room(&alice_a, &[&bob.user_id]).await?;
+    join(&bob, &room_id, &[&alice_a]).await?;
     let seen = wait_for(
         30,
         &format!("bob learns alice's dehydrated device {old_id}"),
@@ -782,7 +488,7 @@ async fn dehydrated_device(url: &str) -> Result<()> {
         .ok_or_else(|| anyhow!("bob has no Curve25519 key"))?;
 
     // 3. Device C rehydrates the device and reads its to-device messages.
-    let client_c = login(url, "alice-C", &alice_acc).await?;
+    let client_c = login_client(url, "alice-C", &alice_acc).await?;
     let c_id = client_c
         .device_id()
         .ok_or_else(|| anyhow!("alice-C has no device id"))?

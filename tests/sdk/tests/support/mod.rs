@@ -1,7 +1,8 @@
-//! Helpers shared by the matrix-sdk E2EE tests (`e2ee.rs`, `federation.rs`): fresh
-//! accounts (UIA `m.login.dummy`), logged-in devices with a background `/sync` loop that
+//! Helpers shared by the matrix-sdk E2EE tests (`e2ee.rs`, `federation.rs`,
+//! `dehydrated.rs`): fresh accounts (UIA `m.login.dummy`), logins (with or without a
+//! client of their own that syncs), logged-in devices with a background `/sync` loop that
 //! records every decrypted message and every undecryptable event, waits on conditions
-//! with deadlines, and the room steps both files take (create an encrypted room, join,
+//! with deadlines, and the room steps these files take (create an encrypted room, join,
 //! send, check what arrived).
 //!
 //! Each test binary uses only part of this module, hence `allow(dead_code)`.
@@ -199,6 +200,30 @@ pub struct Observed {
     pub next_batch: Option<String>,
 }
 
+/// Log `account` in on a new device with a client of its own and no `/sync`, so that the
+/// client's crypto uploads nothing (a test that drives the device's crypto itself, or
+/// `Dev::login`, which starts syncing).
+pub async fn login_client(url: &str, name: &str, account: &Account) -> Result<Client> {
+    let client = new_client(url).await?;
+    within(30, &format!("login {name}"), async {
+        Ok(client
+            .matrix_auth()
+            .login_username(&account.user_id, &account.password)
+            .initial_device_display_name(&format!("sdk-e2ee-{name}"))
+            .send()
+            .await?)
+    })
+    .await?;
+    let device_id = client
+        .device_id()
+        .ok_or_else(|| anyhow!("{name}: no device id after login"))?;
+    log(&format!(
+        "{name} logged in as {} on device {device_id}",
+        account.user_id
+    ));
+    Ok(client)
+}
+
 /// One logged-in device with a background `/sync` loop.
 pub struct Dev {
     pub name: String,
@@ -220,16 +245,7 @@ impl Dev {
     /// Log `account` in on a new device, do one `/sync` (which uploads the device keys and
     /// one-time keys first), then keep syncing in the background.
     pub async fn login(url: &str, name: &str, account: &Account) -> Result<Dev> {
-        let client = new_client(url).await?;
-        within(30, &format!("login {name}"), async {
-            Ok(client
-                .matrix_auth()
-                .login_username(&account.user_id, &account.password)
-                .initial_device_display_name(&format!("sdk-e2ee-{name}"))
-                .send()
-                .await?)
-        })
-        .await?;
+        let client = login_client(url, name, account).await?;
         let device_id = client
             .device_id()
             .ok_or_else(|| anyhow!("{name}: no device id after login"))?
@@ -307,10 +323,6 @@ impl Dev {
                 }
             })
         };
-        log(&format!(
-            "{name} logged in as {} on device {device_id}",
-            account.user_id
-        ));
         Ok(Dev {
             name: name.to_owned(),
             client,
@@ -320,6 +332,16 @@ impl Dev {
             seen,
             sync_task,
         })
+    }
+
+    /// Stop syncing and log the device out (`POST /logout`), which deletes it.
+    pub async fn logout(self) -> Result<()> {
+        self.sync_task.abort();
+        within(30, &format!("{} logs out", self.name), async {
+            self.client.matrix_auth().logout().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub fn check_sync(&self) -> Result<()> {
