@@ -399,7 +399,7 @@ async fn run_all(ctx: &Ctx, a: &AllArgs) -> Result<()> {
     }
     if only.contains(&"send") {
         // Rooms with other members: each send is evaluated against their push rules.
-        for (members, concurrency) in [(2, 1), (2, 32), (500, 32)] {
+        for (members, concurrencies) in [(2, &[1, 32][..]), (500, &[32][..])] {
             let members = if q { members.min(20) } else { members };
             let setup = match scenarios::send::setup_members(ctx, members).await {
                 Ok(s) => s,
@@ -410,19 +410,21 @@ async fn run_all(ctx: &Ctx, a: &AllArgs) -> Result<()> {
                     continue;
                 }
             };
-            let args = SendArgs {
-                rooms: 1,
-                concurrency,
-                messages: if q { 100 } else { 5_000 },
-                max_seconds: a.send_max_seconds.unwrap_or(if q { 10.0 } else { 20.0 }),
-                warmup: if q { 5 } else { 20 },
-                rate: 0.0,
-            };
-            if let Err(e) = scenarios::send::run(ctx, &setup, &args).await {
-                ctx.rep.say(&format!(
-                    "send members={members} c={concurrency} FAILED: {e}"
-                ));
-                failures.push(format!("send members={members} c={concurrency}: {e}"));
+            for &concurrency in concurrencies {
+                let args = SendArgs {
+                    rooms: 1,
+                    concurrency,
+                    messages: if q { 100 } else { 5_000 },
+                    max_seconds: a.send_max_seconds.unwrap_or(if q { 10.0 } else { 20.0 }),
+                    warmup: if q { 5 } else { 20 },
+                    rate: 0.0,
+                };
+                if let Err(e) = scenarios::send::run(ctx, &setup, &args).await {
+                    ctx.rep.say(&format!(
+                        "send members={members} c={concurrency} FAILED: {e}"
+                    ));
+                    failures.push(format!("send members={members} c={concurrency}: {e}"));
+                }
             }
         }
     }
